@@ -1,0 +1,1 @@
+"""ESPnet-facing model pieces: RWKV encoder, BAT loss, transducer model."""

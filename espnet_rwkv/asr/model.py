@@ -1,0 +1,150 @@
+"""ESPnet transducer model whose ``model_conf`` selects the transducer loss.
+
+``transducer_loss``:
+  - ``rnnt``: the full RNN-T loss of torchaudio (works on a pip install);
+  - ``bat``: the boundary-aware transducer loss (CIF-pruned lattice), options in ``bat_conf``;
+  - ``espnet``: ESPnet's own path (warp-transducer, or k2 with ``use_k2_pruned_loss``).
+Everything else (auxiliary CTC / LM losses, validation CER/WER) is ESPnet's.
+"""
+import inspect
+import logging
+from typing import Dict, Tuple
+
+import torch
+import torchaudio
+from torch.amp import autocast
+from typeguard import typechecked
+
+from espnet2.asr_transducer.espnet_transducer_model import ESPnetASRTransducerModel
+from espnet2.asr_transducer.utils import get_transducer_task_io
+from espnet2.torch_utils.device_funcs import force_gatherable
+
+TRANSDUCER_LOSSES = ("rnnt", "bat", "espnet")
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's keys do not match the model rebuilt from its config."""
+
+
+class TransducerModel(ESPnetASRTransducerModel):
+    """ESPnet's transducer model with a selectable loss and strict checkpoint loading.
+
+    Args (beyond ESPnet's ``ESPnetASRTransducerModel``):
+        transducer_loss: "rnnt", "bat" or "espnet" (see module docstring).
+        bat_conf: options of ``espnet_rwkv.asr.bat_loss.BATLoss`` (``transducer_loss: bat`` only).
+    """
+
+    @typechecked
+    def __init__(self, *args, transducer_loss: str = "rnnt", bat_conf: Dict = {}, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if transducer_loss not in TRANSDUCER_LOSSES:
+            raise ValueError(f"model_conf.transducer_loss must be one of {TRANSDUCER_LOSSES}, got {transducer_loss!r}")
+        if bat_conf and transducer_loss != "bat":
+            raise ValueError("model_conf.bat_conf is only used with transducer_loss: bat")
+        if self.use_k2_pruned_loss and transducer_loss != "espnet":
+            raise ValueError("model_conf.use_k2_pruned_loss needs transducer_loss: espnet")
+        if self.fastemit_lambda > 0 and transducer_loss != "espnet":
+            raise ValueError("model_conf.fastemit_lambda is only supported by transducer_loss: espnet (warp-transducer)")
+        self.transducer_loss = transducer_loss
+        if transducer_loss == "bat":
+            from espnet_rwkv.asr.bat_loss import BATLoss
+
+            self.bat = BATLoss(self.encoder.output_size, **bat_conf)
+
+    def forward(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        text: torch.Tensor,
+        text_lengths: torch.Tensor,
+        **kwargs,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        """Speech (B, S), lengths (B,), labels (B, L), lengths (B,) -> loss, stats, batch size."""
+        if self.transducer_loss == "espnet":
+            return super().forward(speech, speech_lengths, text, text_lengths, **kwargs)
+        text = text[:, : text_lengths.max()]
+        encoder_out, encoder_out_lens = self.encode(speech, speech_lengths)
+        decoder_in, target, t_len, u_len = get_transducer_task_io(text, encoder_out_lens, ignore_id=self.ignore_id)
+        self.decoder.set_device(encoder_out.device)
+        decoder_out = self.decoder(decoder_in)
+
+        stats = {}
+        if self.transducer_loss == "bat":
+            bat = self.bat(encoder_out, decoder_out, target, t_len, u_len, self.joint_network)
+            loss_trans = bat["loss"]
+            stats.update(
+                loss_transducer=bat["loss_transducer"].detach(),
+                loss_quantity=bat["loss_quantity"].detach(),
+                alpha_sum_error=bat["alpha_sum_error"].detach(),
+            )
+        else:
+            joint_out = self.joint_network(encoder_out.unsqueeze(2), decoder_out.unsqueeze(1))
+            with autocast(encoder_out.device.type, enabled=False):
+                loss_trans = torchaudio.functional.rnnt_loss(
+                    joint_out.float(), target, t_len, u_len, blank=0, reduction="mean"
+                )
+            stats["loss_transducer"] = loss_trans.detach()
+        if not torch.isfinite(loss_trans):
+            # ESPnet's trainer skips the update when the gradient is not finite; say which batch.
+            logging.warning(f"transducer loss is {loss_trans.item()} for utterances {kwargs.get('utt_id')}")
+
+        loss = self.transducer_weight * loss_trans
+        if self.use_auxiliary_ctc:
+            loss_ctc = self._calc_ctc_loss(encoder_out, target, t_len, u_len)
+            loss = loss + self.auxiliary_ctc_weight * loss_ctc
+            stats["loss_aux_ctc"] = loss_ctc.detach()
+        if self.use_auxiliary_lm_loss:
+            loss_lm = self._calc_lm_loss(decoder_out, target)
+            loss = loss + self.auxiliary_lm_loss_weight * loss_lm
+            stats["loss_aux_lm"] = loss_lm.detach()
+        if not self.training and (self.report_cer or self.report_wer):
+            stats["cer_transducer"], stats["wer_transducer"] = self._error_rates(encoder_out, target, t_len)
+        stats["loss"] = loss.detach()
+        return force_gatherable((loss, stats, speech.size(0)), loss.device)
+
+    def _error_rates(self, encoder_out, target, t_len):
+        if self.error_calculator is None:
+            from espnet2.asr_transducer.error_calculator import ErrorCalculator
+
+            self.error_calculator = ErrorCalculator(
+                self.decoder,
+                self.joint_network,
+                self.token_list,
+                self.sym_space,
+                self.sym_blank,
+                nstep=self.validation_nstep,
+                report_cer=self.report_cer,
+                report_wer=self.report_wer,
+            )
+        return self.error_calculator(encoder_out, target, t_len)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load a checkpoint, refusing any key mismatch.
+
+        ESPnet rebuilds a model from config.yaml and loads with ``strict=False``;
+        a config that no longer matches its checkpoint would then decode with
+        random weights. Here a mismatch is always an error.
+        """
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointMismatchError(
+                "the checkpoint does not match the model built from its config: "
+                f"{len(result.missing_keys)} missing key(s) {result.missing_keys[:5]}, "
+                f"{len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:5]}"
+            )
+        return result
+
+
+def _constructor_signature() -> inspect.Signature:
+    """ESPnet's constructor arguments followed by ours.
+
+    ESPnet dumps ``get_default_kwargs(model class)`` as the ``model_conf``
+    defaults of every config.yaml; with ``*args, **kwargs`` it would lose all
+    of ESPnet's own defaults.
+    """
+    parent = inspect.signature(ESPnetASRTransducerModel.__init__).parameters.values()
+    own = inspect.signature(TransducerModel.__init__).parameters
+    return inspect.Signature([*parent, own["transducer_loss"], own["bat_conf"]])
+
+
+TransducerModel.__init__.__signature__ = _constructor_signature()

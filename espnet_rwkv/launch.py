@@ -1,0 +1,41 @@
+"""Run a Python entry point with espnet_rwkv registered in ESPnet.
+
+    python -m espnet_rwkv.launch -m espnet2.bin.asr_transducer_train --config ...
+    python -m espnet_rwkv.launch path/to/script.py args ...
+    python -m espnet_rwkv.launch -c "code" args ...
+
+so that recipes run ``asr.sh --python "python3 -m espnet_rwkv.launch"``.
+
+The target runs without replacing ``__main__``: this module stays the main
+module, so processes that ESPnet starts with the ``spawn`` method (multi-GPU
+training) import it again, and with it the plugin, before they build a model.
+"""
+import importlib.util
+import runpy
+import sys
+
+import espnet_rwkv  # noqa: F401  (registers the plugin in ESPnet)
+
+USAGE = "usage: python -m espnet_rwkv.launch (-m module | -c code | script.py) [args ...]"
+
+
+def main(argv) -> None:
+    if not argv or (argv[0] in ("-m", "-c") and len(argv) < 2):
+        sys.exit(USAGE)
+    if argv[0] == "-m":
+        module = argv[1]
+        spec = importlib.util.find_spec(module)
+        if spec is None:
+            sys.exit(f"espnet_rwkv.launch: no module named {module!r}")
+        sys.argv = [spec.origin or module, *argv[2:]]
+        runpy.run_module(module, run_name="__main__", alter_sys=False)
+    elif argv[0] == "-c":
+        sys.argv = ["-c", *argv[2:]]
+        exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+    else:
+        sys.argv = list(argv)
+        runpy.run_path(argv[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
