@@ -24,7 +24,10 @@ def main(argv) -> None:
         sys.exit(USAGE)
     if argv[0] == "-m":
         module = argv[1]
-        spec = importlib.util.find_spec(module)
+        try:
+            spec = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            spec = None
         if spec is None:
             sys.exit(f"espnet_rwkv.launch: no module named {module!r}")
         sys.argv = [spec.origin or module, *argv[2:]]
