@@ -13,7 +13,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def espeak():
     """Path of espeak-ng; tests that synthesize speech need it."""
     path = shutil.which("espeak-ng")
