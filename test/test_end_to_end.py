@@ -131,3 +131,33 @@ def test_collect_stats_train_decode_pack_reload(corpus, config, tmp_path):
         _, _, token_int, hyp = speech2text.hypotheses_to_results(speech2text(speech))[0]
         assert " ".join(map(str, token_int)) == decoded[utt].strip(), utt
         assert hyp.score == pytest.approx(float(scores[utt]), rel=1e-4), utt
+
+    # Without the plugin ESPnet cannot rebuild the model, and says so instead of loading it wrong.
+    without_plugin = subprocess.run(
+        [sys.executable, "-c", "from espnet2.bin.asr_transducer_inference import Speech2Text; "
+         f"Speech2Text.from_pretrained(model_tag={str(packed)!r})"],
+        capture_output=True, text=True,
+    )
+    assert without_plugin.returncode != 0
+    expected = "Block type: rwkv is not supported" if "rwkv" in config else "unexpected keyword argument 'transducer_loss'"
+    assert expected in without_plugin.stderr
+
+
+def test_empty_transcript_line_is_reported(corpus, tmp_path):
+    """ESPnet's loader refuses a transcript line without text and names it; nothing is trained."""
+    lines = (corpus / "train" / "text").read_text().splitlines()
+    empty_utt = lines[3].split()[0]
+    lines[3] = empty_utt
+    bad = tmp_path / "train"
+    bad.mkdir()
+    (bad / "text").write_text("\n".join(lines) + "\n")
+    (bad / "wav.scp").write_text((corpus / "train" / "wav.scp").read_text())
+    args = data_args(corpus)
+    args[args.index(f"{corpus / 'train' / 'text'},text,text")] = f"{bad / 'text'},text,text"
+    with pytest.raises(AssertionError, match=rf"doesn't include a space: .*: {empty_utt}"):
+        launch("espnet2.bin.asr_transducer_train", "--token_list", corpus / "tokens.txt", "--token_type", "char",
+               "--ngpu", 0, "--num_workers", 0, "--config", CONF / "tiny_rwkv.yaml", *args,
+               "--collect_stats", "true", "--batch_type", "unsorted", "--batch_size", 4,
+               "--train_shape_file", bad / "wav.scp", "--valid_shape_file", corpus / "valid" / "wav.scp",
+               "--output_dir", tmp_path / "stats", log=tmp_path / "stats.log")
+    assert not (tmp_path / "stats" / "train" / "feats_stats.npz").exists()

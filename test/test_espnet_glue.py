@@ -50,6 +50,14 @@ def test_builds_and_trains_one_step(name, encoder_cls):
     assert set(stats) >= {"loss", "loss_transducer", "loss_aux_ctc"}
 
 
+def test_utterance_without_encoder_frames_is_an_error():
+    model = build(load_conf("tiny_rwkv.yaml"))
+    speech, lengths, text, text_lengths = batch()
+    lengths[2] = 0
+    with pytest.raises(ValueError, match=r"\['u3'\] have no encoder frame \(input lengths \[0\]"):
+        model(speech, lengths, text, text_lengths, utt_id=["u1", "u2", "u3"])
+
+
 def test_rnnt_loss_equals_torchaudio_on_full_joint():
     import torchaudio
     from espnet2.asr_transducer.utils import get_transducer_task_io

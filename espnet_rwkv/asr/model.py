@@ -65,6 +65,7 @@ class TransducerModel(ESPnetASRTransducerModel):
         text = text[:, : text_lengths.max()]
         encoder_out, encoder_out_lens = self.encode(speech, speech_lengths)
         decoder_in, target, t_len, u_len = get_transducer_task_io(text, encoder_out_lens, ignore_id=self.ignore_id)
+        _check_encoder_lengths(t_len, speech_lengths, kwargs.get("utt_id"))
         self.decoder.set_device(encoder_out.device)
         decoder_out = self.decoder(decoder_in)
 
@@ -133,6 +134,19 @@ class TransducerModel(ESPnetASRTransducerModel):
                 f"{len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:5]}"
             )
         return result
+
+
+def _check_encoder_lengths(t_len: torch.Tensor, speech_lengths: torch.Tensor, utt_ids) -> None:
+    """Refuse utterances with no encoder frame: the loss would silently be 0 (torchaudio) for them."""
+    empty = (t_len == 0).nonzero().flatten().tolist()
+    if empty:
+        names = [utt_ids[i] if utt_ids is not None else f"batch index {i}" for i in empty]
+        samples = [int(speech_lengths[i]) for i in empty]
+        raise ValueError(
+            f"utterance(s) {names} have no encoder frame (input lengths {samples} are too short "
+            "for the subsampling); remove them from the data dir (asr.sh stage 4 does, with "
+            "--min_wav_duration)"
+        )
 
 
 def _constructor_signature() -> inspect.Signature:
