@@ -28,7 +28,7 @@ def wkv_torch(
     k: torch.Tensor,
     v: torch.Tensor,
     state: torch.Tensor,
-    chunk_size: int = 16,
+    chunk_size: int = 4,
 ):
     """Chunked WKV.
 
@@ -37,6 +37,9 @@ def wkv_torch(
         u: (C,) float32 bonus for the current frame (``time_first``).
         k, v: (B, T, C) float32.
         state: (B, 3, C) float32 (a, b, p) before frame 0.
+        chunk_size: frames per chunk. The intra-chunk tensors grow with its
+            square; on a 2-core CPU (B=16, C=256, T=200..1000, fwd+bwd) 4 was
+            fastest, 1.2-1.8x ahead of 2 and 8.
     Returns:
         y: (B, T, C) float32, and the state after frame T-1, (B, 3, C) float32.
     """
