@@ -131,7 +131,12 @@ class RWKVEncoder(Encoder):
     def forward_with_state(
         self, x: torch.Tensor, x_len: torch.Tensor, states: Optional[List[torch.Tensor]] = None
     ) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
-        """As ``forward``, also taking and returning each block's state (B, 5, C)."""
+        """As ``forward``, also taking and returning each block's state (B, 5, C).
+
+        The states are those after the batch's last frame, so they continue an
+        unpadded input (B = 1 when streaming), not the shorter utterances of a
+        padded batch.
+        """
         short, limit = check_short_utt(self.embed.subsampling_factor, x.size(1))
         if short:
             raise TooShortUttError(
