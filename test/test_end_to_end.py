@@ -76,13 +76,13 @@ def data_args(corpus):
     return args
 
 
-def epoch_losses(log: str):
-    """Train loss per epoch from ESPnet's '<n>epoch results: [train] ... loss=...' lines."""
-    return [float(m) for m in re.findall(r"epoch results: \[train\].*? loss=([-\d.e+]+)", log)]
+def epoch_losses(log: str, name: str = "loss"):
+    """Train value per epoch from ESPnet's '<n>epoch results: [train] ... <name>=...' lines."""
+    return [float(m) for m in re.findall(rf"epoch results: \[train\].*? {name}=([-\d.e+]+)", log)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["tiny_rwkv.yaml", "tiny_conformer_chunk.yaml"])
+@pytest.mark.parametrize("config", ["tiny_rwkv.yaml", "tiny_rwkv_bat.yaml", "tiny_conformer_chunk.yaml"])
 def test_collect_stats_train_decode_pack_reload(corpus, config, tmp_path):
     common = ["--token_list", corpus / "tokens.txt", "--token_type", "char", "--ngpu", 0, "--num_workers", 0,
               "--config", CONF / config, *data_args(corpus)]
@@ -100,10 +100,12 @@ def test_collect_stats_train_decode_pack_reload(corpus, config, tmp_path):
                  "--max_epoch", 6, "--optim", "adam", "--optim_conf", "lr=0.005", "--seed", 0,
                  "--use_tensorboard", "false", "--use_matplotlib", "false", "--num_att_plot", 0,
                  "--keep_nbest_models", 1, "--output_dir", exp, log=tmp_path / "train.log")
-    losses = epoch_losses(log)
-    print(f"{config}: train loss per epoch {losses}")
-    assert len(losses) == 6 and all(map(torch.isfinite, torch.tensor(losses)))
-    assert losses[-1] < 0.8 * losses[0]
+    names = ["loss", "loss_transducer"] + (["loss_quantity"] if "bat" in config else [])
+    for name in names:
+        losses = epoch_losses(log, name)
+        print(f"{config}: train {name} per epoch {losses}")
+        assert len(losses) == 6 and torch.isfinite(torch.tensor(losses)).all()
+        assert losses[-1] < 0.8 * losses[0], name
     model_file = exp / "valid.loss.best.pth"
 
     decode = tmp_path / "decode"

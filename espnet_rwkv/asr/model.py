@@ -73,11 +73,8 @@ class TransducerModel(ESPnetASRTransducerModel):
         if self.transducer_loss == "bat":
             bat = self.bat(encoder_out, decoder_out, target, t_len, u_len, self.joint_network)
             loss_trans = bat["loss"]
-            stats.update(
-                loss_transducer=bat["loss_transducer"].detach(),
-                loss_quantity=bat["loss_quantity"].detach(),
-                alpha_sum_error=bat["alpha_sum_error"].detach(),
-            )
+            # loss_quantity is the mean |sum alpha - U|: how far the CIF is from counting labels.
+            stats.update(loss_transducer=bat["loss_transducer"].detach(), loss_quantity=bat["loss_quantity"].detach())
         else:
             joint_out = self.joint_network(encoder_out.unsqueeze(2), decoder_out.unsqueeze(1))
             with autocast(encoder_out.device.type, enabled=False):

@@ -1,0 +1,67 @@
+"""Label windows from CIF boundaries (BAT, arXiv 2305.11571, §3.2)."""
+import torch
+
+
+def bat_ranges(
+    cif_alpha: torch.Tensor,
+    logit_lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+    left: int,
+    right: int,
+) -> torch.Tensor:
+    """Window of S = left + right labels per frame around the CIF's label count.
+
+    The CIF weights accumulate to the number of labels emitted so far:
+    ``peak_t = floor(sum_{i <= t} alpha_i)``. Frame t gets the labels
+    ``start_t .. start_t + S - 1`` with ``start_t = peak_t - left``, clamped per
+    utterance to ``[0, max(U_b - S + 1, 0)]``. So that the pruned lattice always
+    has a path, the starts are then made to begin at 0, reach the last window
+    at the last frame, never decrease, and advance by at most S - 1 per frame
+    (a path can move at most S - 1 labels inside one frame's window). Frames
+    past T_b are pinned to the last window. Slots past U_b (when U_b + 1 < S)
+    hold U_b; the loss ignores them.
+
+    Args:
+        cif_alpha: (B, T) CIF weights (their scale is what the caller trained;
+            BAT rescales them to sum to U_b).
+        logit_lengths: (B,) frames T_b; target_lengths: (B,) labels U_b.
+        left, right: labels before and after the peak; S = left + right >= 2.
+    Returns:
+        (B, T, S) int64 label indices, no gradient.
+    Raises:
+        ValueError: if some utterance has more labels than its frames can reach,
+            U_b > (T_b - 1) * (S - 1) + S - 1.
+    """
+    S = left + right
+    if left < 0 or right < 1 or S < 2:
+        raise ValueError(f"bat_ranges: need left >= 0, right >= 1 and left + right >= 2, got {left}, {right}")
+    B, T = cif_alpha.shape
+    device = cif_alpha.device
+    t_len = logit_lengths.to(device=device, dtype=torch.int64)
+    u_len = target_lengths.to(device=device, dtype=torch.int64)
+    last_start = (u_len - S + 1).clamp(min=0)  # (B,)
+    reachable = (t_len - 1) * (S - 1)
+    too_long = (last_start > reachable).nonzero().flatten().tolist()
+    if too_long:
+        raise ValueError(
+            f"bat_ranges: utterance(s) {too_long} have more labels ({u_len[too_long].tolist()}) than "
+            f"{t_len[too_long].tolist()} frames can reach with windows of {S}"
+        )
+
+    frames = torch.arange(T, device=device)
+    valid = frames[None, :] < t_len[:, None]
+    with torch.no_grad():
+        counts = torch.cumsum(cif_alpha.float().masked_fill(~valid, 0.0), dim=1)
+    proposal = counts.floor().long() - left
+    # Bounds that keep a path: start 0 at t = 0, last_start at T_b - 1, steps <= S - 1.
+    lowest = (last_start[:, None] - (t_len[:, None] - 1 - frames[None, :]) * (S - 1)).clamp(min=0)
+    highest = torch.minimum(frames[None, :] * (S - 1), last_start[:, None])
+    start = torch.maximum(torch.minimum(proposal, highest), lowest)
+    start = torch.where(valid, start, last_start[:, None])
+    monotone = [start[:, 0]]
+    for t in range(1, T):
+        step = torch.maximum(monotone[-1], start[:, t])
+        monotone.append(torch.minimum(step, monotone[-1] + S - 1))
+    start = torch.stack(monotone, dim=1)
+    slots = torch.arange(S, device=device)
+    return torch.minimum(start[..., None] + slots, u_len[:, None, None])

@@ -1,0 +1,112 @@
+"""RNN-T loss over a pruned lattice (k2's pruned-loss shape; BAT, arXiv 2305.11571).
+
+``pruned_rnnt_loss`` is the one public function.
+"""
+import torch
+
+from espnet_rwkv.ops.pruned_rnnt.torch_impl import PrunedLatticeLoss
+
+__all__ = ["pruned_rnnt_loss"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def pruned_rnnt_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ranges: torch.Tensor,
+    logit_lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+    blank: int = 0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Transducer loss with the joiner evaluated only inside a window of labels per frame.
+
+    For utterance b with T_b frames and U_b labels, the loss is
+    ``-log sum_paths prod P(move)`` over the RNN-T lattice (t < T_b, u <= U_b)
+    restricted to the window ``u in ranges[b, t]`` at each frame, ending with a
+    blank out of (T_b - 1, U_b): the same quantity as torchaudio's
+    ``rnnt_loss`` when every window holds every label.
+
+    Args:
+        logits: (B, T, S, V) joiner outputs at label positions ``ranges``; any
+            float dtype, math in float32 (float64 for float64 logits).
+        targets: (B, U) int labels, padded.
+        ranges: (B, T, S) int64 label index u of each window slot: consecutive from the
+            window start ``ranges[b, t, 0]``, non-decreasing in t; slots past U_b may repeat
+            U_b (``bat_ranges`` writes them so) and are ignored.
+        logit_lengths: (B,) frames per utterance T_b.
+        target_lengths: (B,) labels per utterance U_b.
+        blank: blank index in V.
+        reduction: "mean" (over utterances, as torchaudio), "sum" or "none" ((B,)).
+    Returns:
+        The loss, float32 (float64 for float64 logits). An utterance whose windows admit no path (the window
+        misses u = 0 at t = 0 or U_b at the last frame) has loss +inf and zero
+        gradient; ``bat_ranges`` never produces such windows.
+    """
+    B, T, S, V = _check_inputs(logits, targets, ranges, logit_lengths, target_lengths, blank, reduction)
+    device = logits.device
+    logit_lengths = logit_lengths.to(device=device, dtype=torch.int64)
+    target_lengths = target_lengths.to(device=device, dtype=torch.int64)
+    math_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    log_probs = torch.log_softmax(logits.to(math_dtype), dim=-1)
+
+    start = ranges[..., 0]
+    labels_u = start[..., None] + torch.arange(S, device=device)  # (B, T, S)
+    in_utterance = torch.arange(T, device=device)[None, :, None] < logit_lengths[:, None, None]
+    node_exists = in_utterance & (labels_u <= target_lengths[:, None, None])
+    # Emitting label u leads to u + 1, which must be a label and stay inside the window.
+    can_emit = in_utterance & (labels_u < target_lengths[:, None, None])
+    can_emit[..., -1] = False
+
+    blank_lp = log_probs[..., blank].masked_fill(~node_exists, float("-inf"))
+    if targets.size(1) > 0:
+        next_label = targets.long().gather(1, labels_u.clamp(max=targets.size(1) - 1).reshape(B, -1)).reshape(B, T, S)
+    else:
+        next_label = torch.zeros_like(labels_u)
+    emit_lp = log_probs.gather(-1, next_label[..., None]).squeeze(-1).masked_fill(~can_emit, float("-inf"))
+
+    loss = PrunedLatticeLoss.apply(blank_lp, emit_lp, start, logit_lengths, target_lengths)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _check_inputs(logits, targets, ranges, logit_lengths, target_lengths, blank, reduction):
+    if logits.dim() != 4:
+        raise ValueError(f"pruned_rnnt_loss: logits must be (B, T, S, V), got {tuple(logits.shape)}")
+    B, T, S, V = logits.shape
+    if not logits.is_floating_point():
+        raise TypeError(f"pruned_rnnt_loss: logits must be floating point, got {logits.dtype}")
+    if ranges.shape != (B, T, S) or ranges.dtype != torch.int64:
+        raise ValueError(f"pruned_rnnt_loss: ranges must be ({B}, {T}, {S}) int64, got {tuple(ranges.shape)} {ranges.dtype}")
+    if targets.dim() != 2 or targets.size(0) != B or targets.is_floating_point():
+        raise ValueError(f"pruned_rnnt_loss: targets must be ({B}, U) integers, got {tuple(targets.shape)} {targets.dtype}")
+    for name, lengths in (("logit_lengths", logit_lengths), ("target_lengths", target_lengths)):
+        if lengths.shape != (B,) or lengths.is_floating_point():
+            raise ValueError(f"pruned_rnnt_loss: {name} must be ({B},) integers, got {tuple(lengths.shape)} {lengths.dtype}")
+    if len({logits.device, targets.device, ranges.device}) != 1:
+        raise ValueError("pruned_rnnt_loss: logits, targets and ranges must be on one device")
+    if not 0 <= blank < V:
+        raise ValueError(f"pruned_rnnt_loss: blank must be in [0, {V}), got {blank}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"pruned_rnnt_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if B == 0:
+        raise ValueError("pruned_rnnt_loss: empty batch")
+    t_len, u_len = logit_lengths.cpu(), target_lengths.cpu()
+    if t_len.min() < 1 or t_len.max() > T:
+        raise ValueError(f"pruned_rnnt_loss: logit_lengths must be in [1, {T}], got {t_len.tolist()}")
+    if u_len.min() < 0 or u_len.max() > targets.size(1):
+        raise ValueError(f"pruned_rnnt_loss: target_lengths must be in [0, {targets.size(1)}], got {u_len.tolist()}")
+    start = ranges[..., :1]
+    expected = start + torch.arange(S, device=ranges.device)
+    past_end = expected > target_lengths.to(ranges.device)[:, None, None]
+    consecutive = (ranges == expected) | (past_end & (ranges == target_lengths.to(ranges.device)[:, None, None]))
+    if not consecutive.all() or (start < 0).any() or (start.diff(dim=1) < 0).any():
+        raise ValueError(
+            "pruned_rnnt_loss: ranges must be windows of consecutive labels from ranges[b, t, 0] "
+            "(slots past U_b may hold U_b), with non-negative starts non-decreasing in t"
+        )
+    return B, T, S, V
