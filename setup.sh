@@ -2,7 +2,7 @@
 # Set up espnet_rwkv on a fresh machine, idempotently:
 #   1. Debian packages the tests and recipes use (sox, sctk, espeak-ng, flite, fortunes), when apt is there;
 #   2. a Python 3.12 virtual environment in .venv;
-#   3. torch/torchaudio 2.11, then the plugin itself (editable, with its test extras, ESPnet 202611 pulled in).
+#   3. torch/torchaudio 2.11, then the plugin itself (editable, with its test and recipe extras; ESPnet 202611 pulled in).
 # Needs the package registries (PyPI, Debian); nothing else.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -43,5 +43,5 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" --upgrade pip setuptools wheel
 # torch first: the plugin's setup.py imports it (CUDA extension build), so it builds without isolation.
 "${pip[@]}" "torch==2.11.*" "torchaudio==2.11.*"
-"${pip[@]}" --no-build-isolation -e ".[test]"
+"${pip[@]}" --no-build-isolation -e ".[test,recipe]"
 echo "setup: done ($(.venv/bin/python -c 'import espnet_rwkv, torch; print("espnet_rwkv", espnet_rwkv.__version__, "torch", torch.__version__)' 2>/dev/null | tail -1))"

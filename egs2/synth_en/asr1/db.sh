@@ -1,0 +1,1 @@
+# The corpus is synthesized by local/data.sh: no download location.
