@@ -3,6 +3,7 @@
 ``wkv`` is the one public function. CUDA tensors run the CUDA extension,
 everything else the chunked PyTorch implementation; ``backend`` forces one.
 """
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -52,7 +53,7 @@ def wkv(
         return k.new_empty(B, 0, C), state
 
     if backend == "auto":
-        backend = "cuda" if k.is_cuda and math_dtype == torch.float32 else "torch"
+        backend = "cuda" if k.is_cuda and math_dtype == torch.float32 and _cuda_usable() else "torch"
     if backend == "cuda":
         from espnet_rwkv.ops.wkv.cuda import wkv_cuda
 
@@ -62,6 +63,28 @@ def wkv(
     w = -torch.exp(time_decay.to(math_dtype))
     y, state = wkv_torch(w, time_first.to(math_dtype), k.to(math_dtype), v.to(math_dtype), state)
     return y.to(k.dtype), state
+
+
+_cuda_state = {}
+
+
+def _cuda_usable() -> bool:
+    """Whether the CUDA extension loads; on the first failure warn once and remember."""
+    if "ok" not in _cuda_state:
+        try:
+            from espnet_rwkv.ops.wkv.cuda import _ext
+
+            _ext()
+            _cuda_state["ok"] = True
+        except Exception as err:  # a failed build raises many kinds of errors
+            warnings.warn(
+                f"wkv: the CUDA extension could not be built or loaded ({err!r}); "
+                "running the PyTorch implementation instead (slower).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            _cuda_state["ok"] = False
+    return _cuda_state["ok"]
 
 
 def _check_inputs(time_decay, time_first, k, v, state):

@@ -1,0 +1,185 @@
+"""WKV benchmark on one GPU: ours vs ESPnet's CUDA kernel vs fla's fused_recurrent_rwkv4.
+
+    PYTHONPATH=. python bench/wkv.py --espnet-src .peers/espnet_wkv
+
+--espnet-src: a folder holding ESPnet's wkv_op.cpp and wkv_cuda.cu (from
+espnet2/asr_transducer/decoder/modules/rwkv/cuda/), built here with Tmax set to
+the longest T. fla is imported if installed. Prints one table of median times
+(ms), the copy-bandwidth floor measured in the same run and the ratios, then
+the streaming step (one chunk with state) against an empty kernel launch.
+"""
+import argparse
+import time
+
+import torch
+
+from espnet_rwkv.ops import wkv
+from espnet_rwkv.ops.wkv import empty_state
+
+SHAPES = [(16, 256, 512), (16, 1024, 512), (16, 4096, 512), (16, 16384, 512), (32, 1024, 256)]
+
+
+def median_ms(fn, make_inputs, reps=30, warmup=5):
+    """Median of CUDA-event times of fn(*inputs), fresh random inputs each rep."""
+    times = []
+    for i in range(warmup + reps):
+        args = make_inputs()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*args)
+        end.record()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def copy_bandwidth():
+    """Device-to-device copy bandwidth in bytes/ms (read + write counted)."""
+    src = torch.empty(1 << 28, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), lambda: ())
+    return 2 * src.numel() * 4 / ms
+
+
+def make(B, T, C, dtype, grad):
+    def inputs():
+        td = torch.randn(C, device="cuda", requires_grad=grad)
+        tf = torch.randn(C, device="cuda", requires_grad=grad)
+        k = torch.randn(B, T, C, device="cuda", dtype=dtype, requires_grad=grad)
+        v = torch.randn(B, T, C, device="cuda", dtype=dtype, requires_grad=grad)
+        gy = torch.randn(B, T, C, device="cuda", dtype=dtype)
+        return td, tf, k, v, gy
+    return inputs
+
+
+def ours(td, tf, k, v, gy):
+    y, _ = wkv(td, tf, k, v, backend="cuda")
+    if gy is not None and k.requires_grad:
+        y.backward(gy)
+
+
+def fla_fn(td, tf, k, v, gy):
+    from fla.ops.rwkv4 import fused_recurrent_rwkv4
+
+    B, _, C = k.shape
+    state = torch.zeros(B, 3, 1, C, device="cuda", dtype=k.dtype)
+    state[:, 2] = -1e38
+    y, _ = fused_recurrent_rwkv4(td, tf, k, v, state)
+    if k.requires_grad:
+        y.backward(gy)
+
+
+def espnet_fn(ext):
+    def run(td, tf, k, v, gy):
+        w = -torch.exp(td.detach().float())
+        u = tf.detach().float()
+        k, v = k.detach().contiguous(), v.detach().contiguous()
+        y = torch.empty_like(k)
+        ext.forward(w, u, k, v, y)
+        if td.requires_grad:
+            B, _, C = k.shape
+            gw = torch.empty(B, C, device="cuda")
+            gu = torch.empty(B, C, device="cuda")
+            gk, gv = torch.empty_like(k), torch.empty_like(v)
+            ext.backward(w, u, k, v, y, gy, gw, gu, gk, gv)
+            gw.sum(0), gu.sum(0)
+    return run
+
+
+def load_espnet(src, tmax):
+    from torch.utils.cpp_extension import load
+
+    return load(
+        name=f"espnet_wkv_{tmax}",
+        sources=[f"{src}/wkv_op.cpp", f"{src}/wkv_cuda.cu"],
+        extra_cuda_cflags=["-t 4", "-std=c++17", "--maxrregcount 60", "--use_fast_math", "-O3",
+                           "-Xptxas -O3", "--extra-device-vectorization", f"-DTmax={tmax}"],
+        verbose=False,
+    )
+
+
+def host_us(fn, n=2000):
+    """Wall time per call of n back-to-back calls, synchronised once (launch-bound regime)."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def gpu_us(fn, n=2000):
+    """GPU time per call of n back-to-back calls between two CUDA events."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / n * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--espnet-src", default=None, help="folder with ESPnet's wkv_op.cpp, wkv_cuda.cu")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    bw = copy_bandwidth()
+    print(f"# copy bandwidth {bw / 1e9:.3f} TB/s (device-to-device, read+write)")
+    espnet = load_espnet(args.espnet_src, max(T for _, T, _ in SHAPES)) if args.espnet_src else None
+    try:
+        import fla.ops.rwkv4  # noqa: F401
+        has_fla = True
+    except ImportError:
+        has_fla = False
+    wkv(*make(1, 4, 32, torch.float32, False)()[:4], backend="cuda")  # build/load our extension
+
+    print("| B | T | C | dtype | ours fwd | ours fwd+bwd | ESPnet fwd+bwd | fla fwd+bwd | floor fwd+bwd "
+          "| ESPnet/ours | fla/ours | floor/ours |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for B, T, C in SHAPES:
+        for dtype in (torch.float32, torch.bfloat16):
+            fwd = median_ms(ours, make(B, T, C, dtype, False))
+            both = median_ms(ours, make(B, T, C, dtype, True))
+            esp = (median_ms(espnet_fn(espnet), make(B, T, C, dtype, True))
+                   if espnet is not None and dtype == torch.float32 else None)
+            fl = median_ms(fla_fn, make(B, T, C, dtype, True)) if has_fla else None
+            floor = 8 * B * T * C * torch.finfo(dtype).bits / 8 / bw
+
+            def f(x):
+                return "-" if x is None else f"{x:.3f}"
+
+            def r(x):
+                return "-" if x is None else f"{x / both:.2f}"
+            print(f"| {B} | {T} | {C} | {str(dtype)[6:]} | {fwd:.3f} | {both:.3f} | {f(esp)} | {f(fl)} "
+                  f"| {floor:.3f} | {r(esp)} | {r(fl)} | {floor / both:.0%} |")
+
+    print()
+    print("Streaming step, fp32, one chunk with carried state, no grad (us per call, 2000 calls back to back)")
+    empty_host = host_us(lambda: torch.cuda._sleep(0))
+    empty_gpu = gpu_us(lambda: torch.cuda._sleep(0))
+    print(f"# empty kernel launch (torch.cuda._sleep(0)): {empty_host:.1f} us host, {empty_gpu:.1f} us GPU")
+    print("| B | T | C | wkv() host | wkv() / empty | kernel GPU | kernel / empty |")
+    print("|---|---|---|---|---|---|---|")
+    from espnet_rwkv.ops.wkv.cuda import _ext
+    ext = _ext()
+    for B in (1, 16, 64):
+        for T in (8, 16, 32):
+            C = 512
+            td, tf, k, v, _ = make(B, T, C, torch.float32, False)()
+            state = empty_state(B, C, "cuda")
+            w, u = -torch.exp(td), tf
+            with torch.no_grad():
+                h = host_us(lambda: wkv(td, tf, k, v, state))
+                g = gpu_us(lambda: ext.forward(w, u, k, v, state))
+            print(f"| {B} | {T} | {C} | {h:.1f} | {h / empty_host:.2f} | {g:.1f} | {g / empty_gpu:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
