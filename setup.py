@@ -4,7 +4,44 @@ Kernel sources live in the top-level ``cuda_ext/`` folder and install as the
 package ``espnet_rwkv.cuda_ext`` (sources as package data, built JIT on first
 use, or ahead of time here when a CUDA toolkit is present).
 """
+import importlib.util
+import os
+
 from setuptools import find_packages, setup
+
+
+def _cuda_build():
+    """setup() arguments for the ahead-of-time CUDA build of cuda_ext/*.cu, or none.
+
+    Built only where a GPU is visible or ESPNET_RWKV_CUDA_BUILD=1 asks for it, so
+    installs on CPU machines (CI) stay quick; ESPNET_RWKV_NO_CUDA_BUILD=1 always
+    skips it. It needs torch at build time: ``pip install --no-build-isolation``.
+    Without it the kernels build JIT on first use (cuda_ext.load).
+    """
+    if os.environ.get("ESPNET_RWKV_NO_CUDA_BUILD") == "1":
+        return {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except ImportError:  # isolated build environment: no torch there
+        return {}
+    if CUDA_HOME is None or not (
+        torch.cuda.is_available() or os.environ.get("ESPNET_RWKV_CUDA_BUILD") == "1"
+    ):
+        return {}
+    spec = importlib.util.spec_from_file_location("_cuda_ext_flags", "cuda_ext/__init__.py")
+    flags = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flags)
+    extensions = [
+        CUDAExtension(
+            f"espnet_rwkv.cuda_ext._{name}",
+            [f"cuda_ext/{name}.cu"],
+            extra_compile_args={"cxx": ["-O3"], "nvcc": flags.NVCC_FLAGS},
+        )
+        for name in ("wkv",)
+    ]
+    return {"ext_modules": extensions, "cmdclass": {"build_ext": BuildExtension}}
+
 
 setup(
     name="espnet_rwkv",
@@ -14,6 +51,7 @@ setup(
     package_dir={"espnet_rwkv.cuda_ext": "cuda_ext"},
     package_data={"espnet_rwkv.cuda_ext": ["*.cu", "*.cuh", "*.cpp"]},
     python_requires=">=3.12,<3.13",
+    **_cuda_build(),
     install_requires=[
         "torch>=2.11,<2.12",
         "torchaudio>=2.11,<2.12",
