@@ -59,7 +59,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "soundfile"],
-        # ESPnet's recipe scripts (asr.sh stage 3) import these; pip's espnet does not pull them in.
-        "recipe": ["kaldiio", "resampy"],
+        # asr.sh needs these and pip's espnet does not pull them in: stage 3 imports kaldiio and
+        # resampy; stage 14 packs exp/<asr>/images, which training writes with matplotlib.
+        "recipe": ["kaldiio", "resampy", "matplotlib"],
     },
 )
