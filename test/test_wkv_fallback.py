@@ -1,10 +1,12 @@
 """A CUDA extension that cannot be built: backend "auto" warns once and uses PyTorch."""
+import importlib
 import warnings
 
 import pytest
 
-import espnet_rwkv.ops.wkv as wkv_mod
-import espnet_rwkv.ops.wkv.cuda as cuda_mod
+# By module name: the attribute espnet_rwkv.ops.wkv is the function, which shadows the package.
+wkv_mod = importlib.import_module("espnet_rwkv.ops.wkv")
+cuda_mod = importlib.import_module("espnet_rwkv.ops.wkv.cuda")
 
 
 def test_failed_build_warns_once(monkeypatch):
