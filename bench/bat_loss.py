@@ -1,0 +1,99 @@
+"""Joiner + transducer loss, forward and backward: full lattice (torchaudio) versus BAT's window.
+
+    python bench/bat_loss.py                # on the GPU, the three shapes of the BAT issue
+    python bench/bat_loss.py --device cpu   # a CPU row at a small shape
+
+Joiner: ``Linear(J, V)(tanh(am + lm))`` with am (B, T, J) and lm (B, U+1, J)
+given. Full: over (B, T, U+1); BAT: over the (B, T, S) window of
+``bat_ranges`` (S = 8: left 3, right 5) from CIF-like weights (U/T per frame
+with noise). One process, the same inputs for both; ratios > 1 favour BAT.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torchaudio
+
+from espnet_rwkv.ops import bat_ranges, pruned_rnnt_loss
+
+GPU_SHAPES = [(32, 250, 60, 500, 512), (32, 250, 100, 500, 512), (16, 500, 150, 500, 512)]
+CPU_SHAPES = [(4, 100, 20, 100, 128)]
+
+
+def make_inputs(B, T, U, V, J, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    am = torch.randn(B, T, J, generator=g).to(device).requires_grad_()
+    lm = torch.randn(B, U + 1, J, generator=g).to(device).requires_grad_()
+    out = torch.nn.Linear(J, V).to(device)
+    targets = torch.randint(1, V, (B, U), generator=g, dtype=torch.int32).to(device)
+    t_len = torch.full((B,), T, dtype=torch.int32, device=device)
+    u_len = torch.full((B,), U, dtype=torch.int32, device=device)
+    alpha = (U / T + 0.1 * torch.randn(B, T, generator=g)).clamp(min=0).to(device)
+    ranges = bat_ranges(alpha, t_len, u_len, left=3, right=5)
+    return am, lm, out, targets, t_len, u_len, ranges
+
+
+def full_step(am, lm, out, targets, t_len, u_len, ranges):
+    logits = out(torch.tanh(am[:, :, None] + lm[:, None]))
+    loss = torchaudio.functional.rnnt_loss(logits, targets, t_len, u_len, blank=0)
+    loss.backward()
+    return loss
+
+
+def bat_step(am, lm, out, targets, t_len, u_len, ranges):
+    B, T, S = ranges.shape
+    lm_window = lm.gather(1, ranges.reshape(B, T * S, 1).expand(-1, -1, lm.size(-1))).reshape(B, T, S, -1)
+    logits = out(torch.tanh(am[:, :, None] + lm_window))
+    loss = pruned_rnnt_loss(logits, targets, ranges, t_len, u_len)
+    loss.backward()
+    return loss
+
+
+def measure(step, inputs, device, reps):
+    """Median ms, and peak extra memory in MB on CUDA (None on CPU)."""
+    for _ in range(3):
+        step(*inputs)
+    times, peak = [], None
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step(*inputs)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step(*inputs)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), peak
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--reps", type=int, default=20)
+    args = parser.parse_args()
+    shapes = GPU_SHAPES if args.device == "cuda" else CPU_SHAPES
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"# joiner + loss fwd+bwd, {name}, torch {torch.__version__}, median of {args.reps}")
+    print("| B, T, U, V, J | full ms | BAT ms | time full/BAT | full MB | BAT MB | memory full/BAT | loss full, BAT |")
+    print("|---|---|---|---|---|---|---|---|")
+    for shape in shapes:
+        inputs = make_inputs(*shape, args.device)
+        full_loss = full_step(*inputs).item()
+        bat_loss = bat_step(*inputs).item()
+        full_ms, full_mb = measure(full_step, inputs, args.device, args.reps)
+        bat_ms, bat_mb = measure(bat_step, inputs, args.device, args.reps)
+        mem = f"{full_mb:.0f} | {bat_mb:.0f} | {full_mb / bat_mb:.1f}x" if full_mb is not None else "- | - | -"
+        print(f"| {', '.join(map(str, shape))} | {full_ms:.1f} | {bat_ms:.1f} | {full_ms / bat_ms:.2f}x | {mem} | {full_loss:.1f}, {bat_loss:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
