@@ -4,6 +4,8 @@ import pytest
 import torch
 
 TOKENS = ["<blank>", "<unk>", "A", "B", "C", "<sos/eos>"]
+# For tests of torch-only operators that must agree on every device.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def pytest_collection_modifyitems(config, items):
