@@ -18,6 +18,7 @@ from typeguard import typechecked
 from espnet2.asr_transducer.espnet_transducer_model import ESPnetASRTransducerModel
 from espnet2.asr_transducer.utils import get_transducer_task_io
 from espnet2.torch_utils.device_funcs import force_gatherable
+from espnet_rwkv.asr.bat_loss import BATLoss
 
 TRANSDUCER_LOSSES = ("rnnt", "bat", "espnet")
 
@@ -47,8 +48,6 @@ class TransducerModel(ESPnetASRTransducerModel):
             raise ValueError("model_conf.fastemit_lambda is only supported by transducer_loss: espnet (warp-transducer)")
         self.transducer_loss = transducer_loss
         if transducer_loss == "bat":
-            from espnet_rwkv.asr.bat_loss import BATLoss
-
             self.bat = BATLoss(self.encoder.output_size, **bat_conf)
 
     def forward(
