@@ -71,13 +71,7 @@ def wkv_torch(
     num = (weight * v[:, :, None, :, :]).sum(dim=3)
     den = weight.sum(dim=3)
 
-    # Chunk summaries from the empty state: exponent of frame i at the chunk's end.
-    to_end = (L - 1 - pos)[:, None] * w  # (L, C)
-    s_exp = k + to_end
-    s_p = s_exp.amax(dim=2)  # (B, N, C)
-    s_weight = torch.exp(s_exp - s_p[:, :, None, :])
-    s_a = (s_weight * v).sum(dim=2)
-    s_b = s_weight.sum(dim=2)
+    s_a, s_b, s_p = _summary(k, v, w)  # (B, N, C) each
 
     # Short scan over chunks: the state entering each chunk.
     a, b, p = state.unbind(dim=1)
@@ -100,14 +94,21 @@ def wkv_torch(
 
     # Final state: the last chunk's real frames only.
     last = T - (N - 1) * L
-    tail_exp = k[:, -1, :last] + ((last - 1 - pos[:last])[:, None] * w)
-    tail_p = tail_exp.amax(dim=1)
-    tail_weight = torch.exp(tail_exp - tail_p[:, None, :])
-    fa, fb, fp = _merge(
-        a, b, p + last * w,
-        (tail_weight * v[:, -1, :last]).sum(dim=1), tail_weight.sum(dim=1), tail_p,
-    )
+    fa, fb, fp = _merge(a, b, p + last * w, *_summary(k[:, -1, :last], v[:, -1, :last], w))
     return y, torch.stack([fa, fb, fp], dim=1)
+
+
+def _summary(k, v, w):
+    """State after frames (..., L, C) from the empty state, scaled: (a, b, p) of shape (..., C).
+
+    Frame i has decayed L - 1 - i times by the end.
+    """
+    L = k.size(-2)
+    steps = torch.arange(L - 1, -1, -1, device=k.device, dtype=k.dtype)
+    exponent = k + steps[:, None] * w
+    p = exponent.amax(dim=-2)
+    weight = torch.exp(exponent - p.unsqueeze(-2))
+    return (weight * v).sum(dim=-2), weight.sum(dim=-2), p
 
 
 def _merge(a1, b1, p1, a2, b2, p2):
