@@ -167,8 +167,8 @@ def main():
     print(f"# empty kernel launch (torch.cuda._sleep(0)): {empty_host:.1f} us host, {empty_gpu:.1f} us GPU")
     print("| B | T | C | wkv() host | wkv() / empty | kernel GPU | kernel / empty |")
     print("|---|---|---|---|---|---|---|")
-    from espnet_rwkv.ops.wkv.cuda import _ext
-    ext = _ext()
+    from espnet_rwkv.ops.cuda_loader import extension
+    ext = extension("wkv")
     for B in (1, 16, 64):
         for T in (8, 16, 32):
             C = 512

@@ -3,11 +3,11 @@
 ``wkv`` is the one public function. CUDA tensors run the CUDA extension,
 everything else the chunked PyTorch implementation; ``backend`` forces one.
 """
-import warnings
 from typing import Optional, Tuple
 
 import torch
 
+from espnet_rwkv.ops import cuda_loader
 from espnet_rwkv.ops.wkv.torch_impl import EMPTY_P, empty_state, wkv_torch
 
 __all__ = ["wkv", "empty_state", "EMPTY_P"]
@@ -53,7 +53,7 @@ def wkv(
         return k.new_empty(B, 0, C), state
 
     if backend == "auto":
-        backend = "cuda" if k.is_cuda and math_dtype == torch.float32 and _cuda_usable() else "torch"
+        backend = "cuda" if k.is_cuda and math_dtype == torch.float32 and cuda_loader.usable("wkv") else "torch"
     if backend == "cuda":
         from espnet_rwkv.ops.wkv.cuda import wkv_cuda
 
@@ -63,28 +63,6 @@ def wkv(
     w = -torch.exp(time_decay.to(math_dtype))
     y, state = wkv_torch(w, time_first.to(math_dtype), k.to(math_dtype), v.to(math_dtype), state)
     return y.to(k.dtype), state
-
-
-_cuda_state = {}
-
-
-def _cuda_usable() -> bool:
-    """Whether the CUDA extension loads; on the first failure warn once and remember."""
-    if "ok" not in _cuda_state:
-        try:
-            from espnet_rwkv.ops.wkv.cuda import _ext
-
-            _ext()
-            _cuda_state["ok"] = True
-        except Exception as err:  # a failed build raises many kinds of errors
-            warnings.warn(
-                f"wkv: the CUDA extension could not be built or loaded ({err!r}); "
-                "running the PyTorch implementation instead (slower).",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            _cuda_state["ok"] = False
-    return _cuda_state["ok"]
 
 
 def _check_inputs(time_decay, time_first, k, v, state):

@@ -1,16 +1,9 @@
 """WKV through the CUDA extension ``cuda_ext/wkv.cu``, as an autograd Function."""
 import torch
 
+from espnet_rwkv.ops.cuda_loader import extension
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _ext():
-    try:
-        from espnet_rwkv.cuda_ext import load
-    except ImportError:  # source tree without ``pip install``
-        from cuda_ext import load
-    return load("wkv")
 
 
 class _WKV(torch.autograd.Function):
@@ -21,7 +14,7 @@ class _WKV(torch.autograd.Function):
         k = k.contiguous()
         v = v.contiguous()
         state = state.contiguous()
-        y, state_out, argmax, saved = _ext().forward(w, u, k, v, state)
+        y, state_out, argmax, saved = extension("wkv").forward(w, u, k, v, state)
         ctx.save_for_backward(w, u, k, v, state, saved, state_out, argmax)
         ctx.param_dtypes = (time_decay.dtype, time_first.dtype)
         ctx.mark_non_differentiable(argmax)
@@ -32,7 +25,7 @@ class _WKV(torch.autograd.Function):
         w, u, k, v, state, saved, state_out, argmax = ctx.saved_tensors
         gy = torch.zeros_like(k) if gy is None else gy.to(k.dtype).contiguous()
         gstate = torch.zeros_like(state_out) if gstate is None else gstate.float().contiguous()
-        gk, gv, gstate_in, gw, gu = _ext().backward(
+        gk, gv, gstate_in, gw, gu = extension("wkv").backward(
             w, u, k, v, state, saved, state_out, argmax, gy, gstate
         )
         # d w / d time_decay = -exp(time_decay) = w.
