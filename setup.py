@@ -38,7 +38,7 @@ def _cuda_build():
             [f"cuda_ext/{name}.cu"],
             extra_compile_args={"cxx": ["-O3"], "nvcc": flags.NVCC_FLAGS},
         )
-        for name in ("wkv",)
+        for name in ("wkv", "pruned_rnnt")
     ]
     return {"ext_modules": extensions, "cmdclass": {"build_ext": BuildExtension}}
 

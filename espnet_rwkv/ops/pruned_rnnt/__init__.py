@@ -4,7 +4,9 @@
 """
 import torch
 
-from espnet_rwkv.ops.pruned_rnnt.torch_impl import PrunedLatticeLoss
+from espnet_rwkv.ops import cuda_loader
+from espnet_rwkv.ops.pruned_rnnt.autograd import BlankAndLabelLogProbs, LatticeLoss
+from espnet_rwkv.ops.pruned_rnnt.torch_impl import lattice_forward_backward
 
 __all__ = ["pruned_rnnt_loss"]
 
@@ -19,6 +21,7 @@ def pruned_rnnt_loss(
     target_lengths: torch.Tensor,
     blank: int = 0,
     reduction: str = "mean",
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Transducer loss with the joiner evaluated only inside a window of labels per frame.
 
@@ -39,6 +42,8 @@ def pruned_rnnt_loss(
         target_lengths: (B,) labels per utterance U_b.
         blank: blank index in V.
         reduction: "mean" (over utterances, as torchaudio), "sum" or "none" ((B,)).
+        backend: the lattice DP: "auto" (the CUDA extension for CUDA tensors, else
+            PyTorch), "torch" or "cuda".
     Returns:
         The loss, float32 (float64 for float64 logits). An utterance whose windows admit no path (the window
         misses u = 0 at t = 0 or U_b at the last frame) has loss +inf and zero
@@ -48,8 +53,15 @@ def pruned_rnnt_loss(
     device = logits.device
     logit_lengths = logit_lengths.to(device=device, dtype=torch.int64)
     target_lengths = target_lengths.to(device=device, dtype=torch.int64)
+    if backend == "auto":
+        backend = "cuda" if logits.is_cuda and cuda_loader.usable("pruned_rnnt") else "torch"
+    if backend == "cuda":
+        from espnet_rwkv.ops.pruned_rnnt.cuda import lattice_forward_backward_cuda as forward_backward
+    elif backend == "torch":
+        forward_backward = lattice_forward_backward
+    else:
+        raise ValueError(f"pruned_rnnt_loss: backend must be 'auto', 'torch' or 'cuda', got {backend!r}")
     math_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    log_probs = torch.log_softmax(logits.to(math_dtype), dim=-1)
 
     start = ranges[..., 0]
     labels_u = start[..., None] + torch.arange(S, device=device)  # (B, T, S)
@@ -59,14 +71,15 @@ def pruned_rnnt_loss(
     can_emit = in_utterance & (labels_u < target_lengths[:, None, None])
     can_emit[..., -1] = False
 
-    blank_lp = log_probs[..., blank].masked_fill(~node_exists, float("-inf"))
     if targets.size(1) > 0:
         next_label = targets.long().gather(1, labels_u.clamp(max=targets.size(1) - 1).reshape(B, -1)).reshape(B, T, S)
     else:
         next_label = torch.zeros_like(labels_u)
-    emit_lp = log_probs.gather(-1, next_label[..., None]).squeeze(-1).masked_fill(~can_emit, float("-inf"))
+    blank_lp, emit_lp = BlankAndLabelLogProbs.apply(logits, next_label, blank, math_dtype)
+    blank_lp = blank_lp.masked_fill(~node_exists, float("-inf"))
+    emit_lp = emit_lp.masked_fill(~can_emit, float("-inf"))
 
-    loss = PrunedLatticeLoss.apply(blank_lp, emit_lp, start, logit_lengths, target_lengths)
+    loss = LatticeLoss.apply(blank_lp, emit_lp, start.contiguous(), logit_lengths, target_lengths, forward_backward)
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":

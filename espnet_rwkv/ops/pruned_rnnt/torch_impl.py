@@ -44,8 +44,8 @@ def lattice_forward_backward(blank, emit, start, logit_lengths, target_lengths):
         start: (B, T) int64 window start per frame.
         logit_lengths, target_lengths: (B,) int64.
     Returns:
-        log_z (B,), and the log-posteriors of using each blank and each emit
-        move, (B, T, S) each (-inf where unused; 0 posterior where log_z = -inf).
+        log_z (B,) (-inf where no path), and the occupation (posterior probability) of
+        each blank and each emit move, (B, T, S) each (0 where log_z = -inf).
     """
     B, T, S = blank.shape
     P = _partial_emission_sums(emit)
@@ -78,25 +78,10 @@ def lattice_forward_backward(blank, emit, start, logit_lengths, target_lengths):
         # beta(t, s) = logsumexp_j (sum_{s <= m < j} emit + leave[j]) = logsumexp_j (P[j, s] + leave[j])
         beta[:, t] = torch.logsumexp(P[:, t].transpose(1, 2) + leave[:, None, :], dim=-1)
 
-    log_z = beta[:, 0, 0]
+    # beta(0, 0) is the total only where the first window starts at u = 0.
+    log_z = torch.where(start[:, 0] == 0, beta[:, 0, 0], NEG_INF)
     finite = torch.isfinite(log_z)[:, None, None]
     beta_next_slot = torch.cat([beta[:, :, 1:], blank.new_full((B, T, 1), NEG_INF)], dim=2)
-    blank_post = torch.where(finite, alpha + blank + next_beta - log_z[:, None, None], NEG_INF)
-    emit_post = torch.where(finite, alpha + emit + beta_next_slot - log_z[:, None, None], NEG_INF)
-    return log_z, blank_post, emit_post
-
-
-class PrunedLatticeLoss(torch.autograd.Function):
-    """-log P(targets) over the pruned lattice, per utterance; gradients are minus the occupations."""
-
-    @staticmethod
-    def forward(ctx, blank, emit, start, logit_lengths, target_lengths):
-        log_z, blank_post, emit_post = lattice_forward_backward(blank, emit, start, logit_lengths, target_lengths)
-        ctx.save_for_backward(blank_post, emit_post)
-        return -log_z
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        blank_post, emit_post = ctx.saved_tensors
-        scale = -grad_loss[:, None, None]
-        return torch.exp(blank_post) * scale, torch.exp(emit_post) * scale, None, None, None
+    blank_occ = torch.where(finite, alpha + blank + next_beta - log_z[:, None, None], NEG_INF).exp()
+    emit_occ = torch.where(finite, alpha + emit + beta_next_slot - log_z[:, None, None], NEG_INF).exp()
+    return log_z, blank_occ, emit_occ

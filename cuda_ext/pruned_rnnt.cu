@@ -1,0 +1,250 @@
+// Forward-backward over the pruned RNN-T lattice of BAT (arXiv 2305.11571),
+// the DP of espnet_rwkv.ops.pruned_rnnt.torch_impl on the GPU.
+//
+// Utterance b has frames t < T_b and, at frame t, the window of S labels
+// u = start[t] + s. With slots s instead of labels and d_t = start[t] - start[t-1]:
+//   alpha(t, s) = logaddexp(alpha(t-1, s + d_t) + blank(t-1, s + d_t), alpha(t, s-1) + emit(t, s-1))
+//   beta(t, s)  = logaddexp(blank(t, s) + next(t, s), emit(t, s) + beta(t, s+1))
+//   next(t, s)  = beta(t+1, s - d_{t+1}), or at the last frame 0 in the slot of U_b.
+// Time is serial; within a frame each recursion is x_s = logaddexp(e_s, c_s + x_{s-1}),
+// a chain of maps x -> logaddexp(e, c + x) that compose into maps of the same
+// form, so one warp per utterance and direction (alpha or beta) scans a frame's
+// slots in log2(32) shuffle steps instead of S serial steps. The previous
+// frame stays in shared memory. A second, elementwise kernel turns alpha and
+// beta into the occupation of every move, which is minus the gradient of the
+// loss with respect to that move's log-probability.
+//
+// The occupations are exponentiated in double: --use_fast_math makes expf an
+// approximation whose error grows with |x|, and they are the gradients.
+#include <torch/extension.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <limits>
+
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kWarp = 32;
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t log_add(acc_t a, acc_t b) {
+  const acc_t m = a > b ? a : b;
+  if (m == -INFINITY) return -INFINITY;
+  return m + log1p(exp(-fabs(a - b)));
+}
+
+template <typename scalar_t>
+struct Lattice {
+  const scalar_t* blank;     // (B, T, S)
+  const scalar_t* emit;      // (B, T, S)
+  const int64_t* start;      // (B, T)
+  const int64_t* t_len;      // (B,)
+  const int64_t* u_len;      // (B,)
+  scalar_t* alpha;           // (B, T, S)
+  scalar_t* beta;            // (B, T, S)
+  int B, T, S;
+};
+
+// Lane i's map becomes f_i o ... o f_0 (lanes of one tile); f(x) = logaddexp(e, c + x).
+template <typename acc_t>
+__device__ __forceinline__ void compose_prefix(acc_t& e, acc_t& c, int lane) {
+  for (int offset = 1; offset < kWarp; offset <<= 1) {
+    const acc_t e_before = __shfl_up_sync(kFullMask, e, offset);
+    const acc_t c_before = __shfl_up_sync(kFullMask, c, offset);
+    if (lane >= offset) {
+      e = log_add(e, c + e_before);
+      c = c + c_before;
+    }
+  }
+}
+
+// x_i = logaddexp(e_i, c_i + x_{i-1}) for the chain positions i = tile + lane, x_{-1} = -inf.
+// Every lane of the warp calls it with the same tile; returns the new carry x_{tile+31}.
+template <typename acc_t>
+__device__ __forceinline__ acc_t chain_tile(acc_t e, acc_t c, acc_t carry, int lane, acc_t& x) {
+  compose_prefix(e, c, lane);
+  x = log_add(e, c + carry);
+  return __shfl_sync(kFullMask, x, kWarp - 1);
+}
+
+// next(t, s) from beta(t+1, .) in `later` (shared memory), at frame t < T_b.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t next_from(const Lattice<scalar_t>& L, const int64_t* start, int64_t last,
+                                           int64_t U_b, int t, int s, const acc_t* later) {
+  if (t == last) return (start[t] + s == U_b) ? acc_t(0) : acc_t(-INFINITY);
+  const int64_t j = s - (start[t + 1] - start[t]);
+  return (j >= 0 && j < L.S) ? later[j] : acc_t(-INFINITY);
+}
+
+// Block b: warp 0 walks alpha forward in time, warp 1 beta backward.
+template <typename scalar_t>
+__global__ void alpha_beta_kernel(Lattice<scalar_t> L) {
+  using acc_t = scalar_t;
+  extern __shared__ unsigned char shared_bytes[];
+  const int b = blockIdx.x;
+  const int lane = threadIdx.x % kWarp;
+  const bool is_beta = threadIdx.x >= kWarp;
+  const int T = L.T, S = L.S;
+  // Two frames per warp: the one being read and the one being written.
+  acc_t* frames = reinterpret_cast<acc_t*>(shared_bytes) + (is_beta ? 2 * S : 0);
+  const int64_t base = static_cast<int64_t>(b) * T * S;
+  const scalar_t* blank = L.blank + base;
+  const scalar_t* emit = L.emit + base;
+  const int64_t* start = L.start + static_cast<int64_t>(b) * T;
+  const int T_b = static_cast<int>(L.t_len[b]);
+  const acc_t neg_inf = -INFINITY;
+
+  if (!is_beta) {
+    scalar_t* alpha = L.alpha + base;
+    for (int t = 0; t < T; ++t) {
+      const acc_t* before = frames + ((t + 1) & 1) * S;  // alpha + blank of frame t-1
+      acc_t* now = frames + (t & 1) * S;
+      const int64_t shift = t > 0 ? start[t] - start[t - 1] : 0;
+      acc_t carry = neg_inf;
+      for (int tile = 0; tile < S; tile += kWarp) {
+        const int s = tile + lane;
+        const int64_t i = static_cast<int64_t>(t) * S + s;
+        acc_t e = neg_inf, c = neg_inf, x;
+        if (s < S && t < T_b) {
+          if (t == 0) {
+            e = (s == 0 && start[0] == 0) ? acc_t(0) : neg_inf;
+          } else if (s + shift < S) {
+            e = before[s + shift];
+          }
+          if (s > 0) c = static_cast<acc_t>(emit[i - 1]);
+        }
+        carry = chain_tile(e, c, carry, lane, x);
+        if (s < S) {
+          alpha[i] = static_cast<scalar_t>(x);
+          now[s] = x + static_cast<acc_t>(blank[i]);
+        }
+      }
+      __syncwarp();
+    }
+  } else {
+    scalar_t* beta = L.beta + base;
+    const int64_t last = T_b - 1, U_b = L.u_len[b];
+    for (int t = T - 1; t >= 0; --t) {
+      const acc_t* later = frames + ((t + 1) & 1) * S;  // beta of frame t+1
+      acc_t* now = frames + (t & 1) * S;
+      acc_t carry = neg_inf;
+      // Chain position r is slot S-1-r: beta runs from the window's top down.
+      for (int tile = 0; tile < S; tile += kWarp) {
+        const int s = S - 1 - (tile + lane);
+        const int64_t i = static_cast<int64_t>(t) * S + s;
+        acc_t e = neg_inf, c = neg_inf, x;
+        if (s >= 0 && t < T_b) {
+          e = static_cast<acc_t>(blank[i]) + next_from<scalar_t, acc_t>(L, start, last, U_b, t, s, later);
+          if (s + 1 < S) c = static_cast<acc_t>(emit[i]);
+        }
+        carry = chain_tile(e, c, carry, lane, x);
+        if (s >= 0) {
+          beta[i] = static_cast<scalar_t>(x);
+          now[s] = x;
+        }
+      }
+      __syncwarp();
+    }
+  }
+}
+
+// next(t, s) read back from beta in global memory, for the occupations.
+template <typename scalar_t>
+__device__ __forceinline__ double next_beta(const Lattice<scalar_t>& L, int b, int t, int s) {
+  const int64_t last = L.t_len[b] - 1;
+  const int64_t* start = L.start + static_cast<int64_t>(b) * L.T;
+  if (t > last) return -INFINITY;
+  if (t == last) return (start[t] + s == L.u_len[b]) ? 0.0 : -INFINITY;
+  const int64_t j = s - (start[t + 1] - start[t]);
+  if (j < 0 || j >= L.S) return -INFINITY;
+  return static_cast<double>(L.beta[(static_cast<int64_t>(b) * L.T + t + 1) * L.S + j]);
+}
+
+// Occupations exp(alpha + move + beta_after - log_z); zero for utterances with no path.
+template <typename scalar_t>
+__global__ void occupation_kernel(Lattice<scalar_t> L, const scalar_t* log_z,
+                                  scalar_t* blank_occ, scalar_t* emit_occ) {
+  const int64_t n = static_cast<int64_t>(L.B) * L.T * L.S;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int s = i % L.S;
+    const int t = (i / L.S) % L.T;
+    const int b = i / (static_cast<int64_t>(L.S) * L.T);
+    const double z = static_cast<double>(log_z[b]);
+    if (z == -INFINITY) {
+      blank_occ[i] = 0;
+      emit_occ[i] = 0;
+      continue;
+    }
+    const double a = static_cast<double>(L.alpha[i]);
+    const double after_emit = s + 1 < L.S ? static_cast<double>(L.beta[i + 1]) : -INFINITY;
+    blank_occ[i] = static_cast<scalar_t>(exp(a + static_cast<double>(L.blank[i]) + next_beta(L, b, t, s) - z));
+    emit_occ[i] = static_cast<scalar_t>(exp(a + static_cast<double>(L.emit[i]) + after_emit - z));
+  }
+}
+
+void check(const torch::Tensor& x, const char* name, int dim) {
+  TORCH_CHECK(x.is_cuda(), "pruned_rnnt: ", name, " must be a CUDA tensor");
+  TORCH_CHECK(x.is_contiguous(), "pruned_rnnt: ", name, " must be contiguous");
+  TORCH_CHECK(x.dim() == dim, "pruned_rnnt: ", name, " must have ", dim, " dims, got ", x.dim());
+}
+
+}  // namespace
+
+// Returns log_z (B,), and the occupation of every blank and emit move, (B, T, S) each.
+std::vector<torch::Tensor> forward_backward(torch::Tensor blank, torch::Tensor emit, torch::Tensor start,
+                                            torch::Tensor logit_lengths, torch::Tensor target_lengths) {
+  check(blank, "blank", 3);
+  check(emit, "emit", 3);
+  check(start, "start", 2);
+  check(logit_lengths, "logit_lengths", 1);
+  check(target_lengths, "target_lengths", 1);
+  TORCH_CHECK(blank.sizes() == emit.sizes(), "pruned_rnnt: blank and emit must have one shape");
+  TORCH_CHECK(blank.scalar_type() == emit.scalar_type() &&
+                  (blank.scalar_type() == at::kFloat || blank.scalar_type() == at::kDouble),
+              "pruned_rnnt: blank and emit must both be float32 or both float64");
+  TORCH_CHECK(start.scalar_type() == at::kLong && logit_lengths.scalar_type() == at::kLong &&
+                  target_lengths.scalar_type() == at::kLong,
+              "pruned_rnnt: start and lengths must be int64");
+  const int B = blank.size(0), T = blank.size(1), S = blank.size(2);
+  TORCH_CHECK(start.size(0) == B && start.size(1) == T && logit_lengths.size(0) == B &&
+                  target_lengths.size(0) == B,
+              "pruned_rnnt: start must be (B, T) and lengths (B,)");
+
+  const at::cuda::CUDAGuard guard(blank.device());
+  auto alpha = torch::empty_like(blank);
+  auto beta = torch::empty_like(blank);
+  auto blank_occ = torch::empty_like(blank);
+  auto emit_occ = torch::empty_like(blank);
+  if (blank.numel() == 0) {
+    return {blank.new_zeros({B}), blank_occ, emit_occ};
+  }
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  torch::Tensor log_z;
+  AT_DISPATCH_FLOATING_TYPES(blank.scalar_type(), "pruned_rnnt_forward_backward", [&] {
+    Lattice<scalar_t> L{blank.data_ptr<scalar_t>(), emit.data_ptr<scalar_t>(), start.data_ptr<int64_t>(),
+                        logit_lengths.data_ptr<int64_t>(), target_lengths.data_ptr<int64_t>(),
+                        alpha.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(), B, T, S};
+    const size_t shared = 4 * static_cast<size_t>(S) * sizeof(scalar_t);
+    TORCH_CHECK(shared <= 48 * 1024, "pruned_rnnt: window of ", S, " slots is too wide for shared memory");
+    alpha_beta_kernel<scalar_t><<<B, 2 * kWarp, shared, stream>>>(L);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // beta(0, 0), the lattice's total, where the first window starts at u = 0; else no path.
+    log_z = at::where(start.select(1, 0).eq(0), beta.select(2, 0).select(1, 0),
+                      at::full({B}, -std::numeric_limits<double>::infinity(), blank.options()));
+    const int64_t n = blank.numel();
+    const int threads = 256;
+    const int grid = static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 4096));
+    occupation_kernel<scalar_t><<<grid, threads, 0, stream>>>(L, log_z.data_ptr<scalar_t>(),
+                                                              blank_occ.data_ptr<scalar_t>(),
+                                                              emit_occ.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {log_z, blank_occ, emit_occ};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward_backward", &forward_backward,
+        "Pruned RNN-T lattice: log_z (B,), blank and emit occupations (B, T, S)");
+}
