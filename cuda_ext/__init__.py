@@ -4,7 +4,8 @@ Each op has one source file here, ``<name>.cu``, holding its kernels, launchers
 and pybind11 bindings. ``load(name)`` returns the compiled module: the one
 built at install time (``espnet_rwkv.cuda_ext._<name>``) if present, else a JIT
 build with ninja, cached under torch's extension directory and guarded by a
-file lock so that parallel processes (spawned DDP workers) build it once.
+file lock so that parallel processes (spawned DDP workers) build it once
+(``jit_build``).
 """
 import importlib
 import os
@@ -35,15 +36,28 @@ def load(name: str):
         return importlib.import_module(f"espnet_rwkv.cuda_ext._{name}")
     except ImportError:
         pass
+    return jit_build(f"espnet_rwkv_{name}", sources(name))
+
+
+def jit_build(ext_name: str, source_files):
+    """Build ``source_files`` as extension ``ext_name`` with torch's JIT, once across processes.
+
+    Processes that start together (ESPnet's spawned DDP workers) queue on a file
+    lock in the build directory: the first compiles, the others find the build
+    up to date and only import it. torch guards its own build with a ``lock``
+    file that a killed build leaves behind, after which every later build waits
+    for it forever; holding our lock, no other build can be running, so a
+    ``lock`` file still there is stale and is removed.
+    """
     from filelock import FileLock
     from torch.utils.cpp_extension import _get_build_directory, load as jit_load
 
-    ext_name = f"espnet_rwkv_{name}"
     build_dir = _get_build_directory(ext_name, verbose=False)
     with FileLock(os.path.join(build_dir, "build.lock")):
+        Path(build_dir, "lock").unlink(missing_ok=True)
         return jit_load(
             name=ext_name,
-            sources=sources(name),
+            sources=list(source_files),
             extra_cuda_cflags=NVCC_FLAGS,
             extra_cflags=["-O3"],
             verbose=False,

@@ -1,0 +1,108 @@
+"""Multi-process training: the CUDA build shared between processes, and DDP equal to one process.
+
+- Several processes JIT-build one extension at once through ``cuda_ext.jit_build``
+  (as ESPnet's spawned workers do on first use): nvcc runs once, all import it.
+- A build killed half-way (torch leaves its ``lock`` file behind) does not
+  block the next one.
+- ESPnet's trainer in two processes (torchrun on the CPU, gloo; on two GPUs,
+  ESPnet's own ``--ngpu 2`` spawn with NCCL) gives the same losses and gradient
+  norm as one process with the same global batch, through
+  ``bench/distributed.py``'s runs of ``espnet_rwkv.launch``.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A CUDA source with one kernel and a bare Python module (no torch headers: compiles in seconds).
+TINY_CU = textwrap.dedent("""\
+    #include <Python.h>
+    #define CAT(a, b) a##b
+    #define INIT(name) CAT(PyInit_, name)
+    #define STR2(x) #x
+    #define STR(x) STR2(x)
+    __global__ void add_one(float* x) { x[threadIdx.x] += 1.0f; }
+    static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, STR(TORCH_EXTENSION_NAME), NULL, -1, NULL};
+    PyMODINIT_FUNC INIT(TORCH_EXTENSION_NAME)(void) { return PyModule_Create(&module); }
+""")
+
+# Builds the tiny extension through the plugin's loader and prints the module's name.
+BUILD = textwrap.dedent("""\
+    import sys
+    try:
+        from espnet_rwkv.cuda_ext import jit_build
+    except ImportError:  # source tree without ``pip install``
+        from cuda_ext import jit_build
+    print(jit_build("tiny_ext", [sys.argv[1]]).__name__)
+""")
+
+
+def _cuda_home():
+    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+    if not os.access(os.path.join(home, "bin", "nvcc"), os.X_OK) or shutil.which("ninja") is None:
+        pytest.skip("a JIT build needs nvcc (CUDA_HOME or /usr/local/cuda) and ninja")
+    return home
+
+
+@pytest.fixture
+def build_env(tmp_path):
+    """Environment of a JIT build in a fresh extension dir, nvcc wrapped to log each run."""
+    cuda_home = _cuda_home()
+    source = tmp_path / "tiny.cu"
+    source.write_text(TINY_CU)
+    calls = tmp_path / "nvcc_calls"
+    wrapper = tmp_path / "nvcc"
+    # With NVCC_HOLD set, the wrapper signals it started and hangs: a build to kill mid-way.
+    wrapper.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo run >> {calls}
+        if [ -n "$NVCC_HOLD" ]; then touch "$NVCC_HOLD"; sleep 600; fi
+        exec {cuda_home}/bin/nvcc "$@"
+    """))
+    wrapper.chmod(0o755)
+    env = dict(os.environ, CUDA_HOME=cuda_home, PYTORCH_NVCC=str(wrapper), TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"),
+               MAX_JOBS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return env, source, calls
+
+
+def _nvcc_runs(calls: Path) -> int:
+    return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+
+def test_parallel_builds_compile_once(build_env):
+    env, source, calls = build_env
+    procs = [subprocess.Popen([sys.executable, "-c", BUILD, source], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+        assert out.strip() == "tiny_ext"
+    assert _nvcc_runs(calls) == 1
+
+
+def test_killed_build_does_not_block_the_next(build_env, tmp_path):
+    env, source, calls = build_env
+    started = tmp_path / "nvcc_started"
+    victim = subprocess.Popen([sys.executable, "-c", BUILD, source], env=dict(env, NVCC_HOLD=str(started)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        assert victim.poll() is None and time.monotonic() < deadline, "the build never reached nvcc"
+        time.sleep(0.2)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert list((tmp_path / "ext").glob("tiny_ext/lock")), "torch's lock file should outlive the killed build"
+
+    result = subprocess.run([sys.executable, "-c", BUILD, source], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "tiny_ext"
+    assert _nvcc_runs(calls) == 2
