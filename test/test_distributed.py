@@ -1,14 +1,17 @@
-"""Multi-process training: the CUDA build shared between processes, and DDP equal to one process.
+"""Several processes: the CUDA build shared between them, and DDP training equal to one process.
 
-- Several processes JIT-build one extension at once through ``cuda_ext.jit_build``
+- Three processes JIT-build one extension at once through ``cuda_ext.jit_build``
   (as ESPnet's spawned workers do on first use): nvcc runs once, all import it.
 - A build killed half-way (torch leaves its ``lock`` file behind) does not
   block the next one.
-- ESPnet's trainer in two processes (torchrun on the CPU, gloo; on two GPUs,
-  ESPnet's own ``--ngpu 2`` spawn with NCCL) gives the same losses and gradient
-  norm as one process with the same global batch, through
-  ``bench/distributed.py``'s runs of ``espnet_rwkv.launch``.
+- ESPnet's trainer in two processes (torchrun on the CPU with gloo; on two
+  GPUs ESPnet's own ``--ngpu 2`` spawn with NCCL) gives the losses and gradient
+  norms of one process with the same global batch: ``bench/distributed.py
+  --tiny`` runs both through ``espnet_rwkv.launch``.
+
+All marked ``distributed`` (deselect with ``-m "not distributed"``).
 """
+import json
 import os
 import shutil
 import signal
@@ -22,6 +25,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.distributed
 
 # A CUDA source with one kernel and a bare Python module (no torch headers: compiles in seconds).
 TINY_CU = textwrap.dedent("""\
@@ -106,3 +110,53 @@ def test_killed_build_does_not_block_the_next(build_env, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "tiny_ext"
     assert _nvcc_runs(calls) == 2
+
+
+def _bench(tmp_path, *flags):
+    """``bench/distributed.py --tiny`` (RWKV-BAT, 1 and 2 processes, throughput and equivalence runs); its results."""
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, ROOT / "bench" / "distributed.py", "--tiny", *flags,
+                             "--workdir", tmp_path / "work", "--out", out], capture_output=True, text=True)
+    assert (out / "distributed.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
+    print((out / "distributed.txt").read_text())
+    (results,) = json.loads((out / "distributed.json").read_text())["results"]
+    return result.returncode, results
+
+
+def _check_runs(results):
+    assert results["world_sizes"] == [1, 2, 1, 2]  # rank 0's log prefix: the 2-process runs are distributed
+    assert results["batch_sizes"] == {"rwkv_bat/throughput_1": [4, 4], "rwkv_bat/throughput_2": [8, 8],
+                                      "rwkv_bat/equivalence_1": [5, 5], "rwkv_bat/equivalence_2": [5, 5]}
+    for n in ("1", "2"):
+        assert results[f"throughput_{n}"]["steps"] == 5 and results[f"throughput_{n}"]["utt_per_s"] > 0
+    assert len(results["equivalence"]["steps"]) == 3
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_on_cpu(tmp_path):
+    """torchrun, 2 processes (gloo), against 1 process: a global batch of 5 split 3 + 2.
+
+    ESPnet weights each rank's loss by its utterance count before DDP averages
+    the gradients, and every term of the plugin's loss is a mean over
+    utterances, so the uneven split gives the single process's loss and
+    gradient to float rounding.
+    """
+    code, results = _bench(tmp_path, "--cpu")
+    _check_runs(results)
+    step1, *later = results["equivalence"]["steps"]
+    assert step1["loss_rel"] <= 1e-6 and step1["grad_norm_rel"] <= 2e-5, step1
+    assert all(s["loss_rel"] <= 1e-5 for s in later), later
+    assert code == 0
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+def test_two_gpus_train_as_one(tmp_path):
+    """ESPnet's own --ngpu 2 (spawned workers, NCCL) against --ngpu 1, as bench/distributed.py checks it."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA devices")
+    code, results = _bench(tmp_path)
+    _check_runs(results)
+    assert results["equivalence"]["equal"], results["equivalence"]
+    assert all(results["memory"][n]["rank0_max_reserved_gib"] > 0 for n in ("1", "2"))
+    assert code == 0
