@@ -27,7 +27,8 @@ Per config, four runs with ESPnet's ``sorted`` batches of a fixed size:
   steps' loss and grad_norm.
 
 Prints one table; with ``--out DIR`` (default ``$OUT`` when set) also writes
-``distributed.json`` and ``distributed.txt`` there.
+``distributed.json``, ``distributed.txt`` and every run's ``train.log``
+(``distributed_logs.tar.gz``) there.
 """
 import argparse
 import json
@@ -36,6 +37,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -178,8 +180,8 @@ class Run:
         else:  # what espnet2.bin.launch runs for one node (asr.sh stage 11)
             self.cmd = [sys.executable, *TRAIN, *args, "--ngpu", str(world), "--multiprocessing_distributed", "true"]
         self.env = dict(os.environ)
-        if not cpu:
-            self.env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.gpus))
+        if not cpu:  # numbered as nvidia-smi numbers them
+            self.env.update(CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=",".join(map(str, self.gpus)))
 
     def start(self):
         self.t0 = time.monotonic()
@@ -240,20 +242,20 @@ def run_together(runs, poll: bool):
         r.peak_mib = {g: peak[g] for g in r.gpus if g in peak}
 
 
-def build_extensions(cpu: bool):
-    """Build (or find) the CUDA extensions once before training, one process each; which ones work."""
-    if cpu:
-        return {}
-    code = "import sys; from espnet_rwkv.ops import cuda_loader; sys.exit(0 if cuda_loader.usable(sys.argv[1]) else 1)"
-    t0 = time.monotonic()
-    procs = {op: subprocess.Popen([sys.executable, "-c", code, op], stderr=subprocess.PIPE, text=True)
-             for op in ("wkv", "pruned_rnnt")}
-    result = {}
+def start_extension_builds():
+    """Build (or find) each CUDA extension in a process of its own, before any training."""
+    code = "import sys; from espnet_rwkv.ops.cuda_loader import extension; extension(sys.argv[1])"
+    return time.monotonic(), {op: subprocess.Popen([sys.executable, "-c", code, op], stderr=subprocess.PIPE, text=True)
+                              for op in ("wkv", "pruned_rnnt")}
+
+
+def wait_extension_builds(builds):
+    t0, procs = builds
     for op, p in procs.items():
         err = p.communicate()[1]
-        result[op] = "cuda" if p.returncode == 0 else f"pytorch fallback: {err.strip().splitlines()[-1:]}"
-    print(f"CUDA extensions ready in {time.monotonic() - t0:.0f} s: {result}", flush=True)
-    return result
+        if p.returncode != 0:  # training would time the slow PyTorch fallback
+            raise RuntimeError(f"the CUDA extension {op} cannot be built:\n{err[-3000:]}")
+    return round(time.monotonic() - t0, 1)
 
 
 def rel(a, b):
@@ -290,7 +292,8 @@ def summarize(name, thr1, thr2, eq1, eq2, sizes):
 
 
 def table(results, meta):
-    lines = [f"{meta['device']}; torch {meta['torch']}; CUDA extensions: {meta['extensions'] or 'n/a (CPU)'}", "",
+    lines = [f"{meta['device']}; torch {meta['torch']}; CUDA extensions built or found in "
+             f"{meta.get('extension_build_s', '-')} s", "",
              "| config | GPUs | global batch | utt/s | s/step | speed-up | efficiency | peak MiB per GPU (nvidia-smi) "
              "| rank 0 max reserved GiB |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -333,20 +336,22 @@ def main():
     if args.cpu:
         os.environ["OMP_NUM_THREADS"] = "1"
     t_start = time.monotonic()
-    meta = dict(device="CPU" if args.cpu else f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}",
-                torch=torch.__version__, scale=scale)
+    # The GPUs' name from nvidia-smi: CUDA stays uninitialised here, no context of ours on GPU 0.
+    gpu = "" if args.cpu else subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                             capture_output=True, text=True).stdout.splitlines()[0]
+    meta = dict(device="CPU" if args.cpu else f"2 x {gpu}", torch=torch.__version__, scale=scale)
     try:
         corpus, stats = workdir / "corpus", workdir / "stats"
         write_corpus(corpus, sizes)
-        builder = threading.Thread(target=lambda: meta.update(extensions=build_extensions(args.cpu)))
-        builder.start()
+        builds = None if args.cpu else start_extension_builds()
         # Stage 10: shapes and feature statistics, one process on the CPU (the frontend is the same for all configs).
         collect = Run("collect_stats", stats, 1, [], True,
                       ["--collect_stats", "true", "--config", next(iter(configs.values())), *data_args(corpus),
                        "--batch_type", "unsorted", "--batch_size", 16, "--num_workers", 2])
         collect.start()
         collect.wait()
-        builder.join()
+        if builds:
+            meta["extension_build_s"] = wait_extension_builds(builds)
         common = [*data_args(corpus, stats), "--normalize", "global_mvn", "--normalize_conf",
                   f"stats_file={stats / 'train' / 'feats_stats.npz'}", "--batch_type", "sorted", "--resume", "true",
                   "--log_interval", 1, "--seed", 0, "--use_matplotlib", "false", "--use_tensorboard", "false", "--keep_nbest_models", 1]
@@ -374,13 +379,17 @@ def main():
                 run_together([runs[n][f"{kind}2"]], poll=not args.cpu)
         results = [summarize(n, **runs[n], sizes=sizes) for n in names]
     finally:
+        if args.out:  # every run's log, also when one failed
+            args.out.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(args.out / "distributed_logs.tar.gz", "w:gz") as tar:
+                for log in sorted(workdir.glob("**/train.log")):
+                    tar.add(log, arcname=str(log.relative_to(workdir)))
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     meta["total_s"] = round(time.monotonic() - t_start, 1)
     text = table(results, meta) + f"\n\ntotal wall time {meta['total_s']} s\n"
     print(text)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "distributed.json").write_text(json.dumps(dict(meta=meta, results=results), indent=1))
         (args.out / "distributed.txt").write_text(text)
     return 0 if all(r["equivalence"]["equal"] for r in results) else 1
