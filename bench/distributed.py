@@ -320,6 +320,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cpu", action="store_true", help="2 processes by torchrun on the CPU (gloo), not 2 GPUs")
     parser.add_argument("--tiny", action="store_true", help="the tiny test config and corpus: a check, not a benchmark")
+    parser.add_argument("--configs", nargs="+", help="which configs (default: all of the scale's: "
+                        + "; ".join(f"{k}: {' '.join(v)}" for k, v in CONFIGS.items()) + ")")
     parser.add_argument("--workdir", type=Path, help="corpus and experiments (default: a temporary folder, removed)")
     parser.add_argument("--out", type=Path, default=os.environ.get("OUT"), help="write distributed.{json,txt} here")
     args = parser.parse_args()
@@ -328,6 +330,7 @@ def main():
         sys.exit("needs 2 CUDA devices (or --cpu)")
     scale = "tiny" if args.tiny else "demo"
     sizes, configs = SIZES[scale], CONFIGS[scale]
+    configs = {name: configs[name] for name in args.configs or configs}
     assert sizes["utts"] % (2 * sizes["batch"]) == 0 and sizes["utts"] % sizes["eq_batch"] == 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_distributed_"))
     workdir.mkdir(parents=True, exist_ok=True)
