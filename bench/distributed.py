@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -339,6 +340,8 @@ def main():
     if args.cpu:
         os.environ["OMP_NUM_THREADS"] = "1"
     t_start = time.monotonic()
+    # Stopped by a time limit (SIGTERM): still write the logs so far (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench/distributed.py: terminated"))
     # The GPUs' name from nvidia-smi: CUDA stays uninitialised here, no context of ours on GPU 0.
     gpu = "" if args.cpu else subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
                                              capture_output=True, text=True).stdout.splitlines()[0]
