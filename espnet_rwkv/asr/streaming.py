@@ -95,6 +95,8 @@ class ExactAudioProcessor:
             end = base + (feats.size(1) if feats is not None else 0)
         else:
             end = max(first, (total + self.pad - self.n_fft) // self.hop + 1)
+            if buf.numel() <= self.pad:  # frame 0's reflection padding reads sample n_fft / 2
+                end = first
             feats = self._features(buf) if end > first else None
         if feats is None:
             feats = torch.zeros(1, 0, self.model.frontend.output_size(), device=self._device())
@@ -132,6 +134,7 @@ class Partial:
     end_s: float  # audio decoded so far, seconds
     text: str
     token_int: List[int]
+    score: float  # its log probability
     compute_s: float  # time spent on this window
     is_final: bool
 
@@ -187,12 +190,15 @@ class StreamingRecognizer:
             else:
                 self.hyps = self.speech2text.streaming_decode(window, is_final=is_final)
             _prune_score_cache(self.speech2text.asr_model.decoder, self.hyps)
-            text, token_int = "", []
+            text, token_int, score = "", [], 0.0
             if self.hyps:  # none before the first encoder frame
                 best = self.hyps[0] if is_final else max(self.hyps, key=lambda hyp: hyp.score)
                 text, _, token_int, _ = self.speech2text.hypotheses_to_results([best])[0]
+                score = best.score
         self.samples_done += window.numel()
-        return Partial(self.samples_done / SAMPLE_RATE, text or "", token_int, time.perf_counter() - start, is_final)
+        return Partial(
+            self.samples_done / SAMPLE_RATE, text or "", token_int, score, time.perf_counter() - start, is_final
+        )
 
     def _decode_exact(self, window: torch.Tensor, is_final: bool) -> None:
         s2t = self.speech2text
