@@ -22,7 +22,7 @@ from espnet2.asr_transducer.encoder.building import build_input_block
 from espnet2.asr_transducer.encoder.encoder import Encoder
 from espnet2.asr_transducer.utils import TooShortUttError, check_short_utt, make_source_mask
 
-from espnet_rwkv.asr.rwkv_block import RWKVBlock, initial_block_state
+from espnet_rwkv.asr.rwkv_block import RWKVBlock, StreamingBlock, initial_block_state
 
 BLOCK_TYPE = "rwkv"
 _BLOCK_OPTIONS = {"block_type", "hidden_size", "linear_size", "num_blocks", "dropout_rate"}
@@ -162,14 +162,15 @@ class RWKVEncoder(Encoder):
     #   start of each window; they are dropped, the rest is streamed.
 
     def reset_cache(self, left_context: int, device: torch.device) -> None:
-        """Start a new stream on ``device``.
+        """Start a new stream on ``device``, with the blocks' weights as they are now.
 
         ``left_context`` (ESPnet's attention window, in encoder frames) does not
         apply: the RWKV state summarizes all of the past in a fixed size.
         """
         self._cache = _StreamCache(
             feats=torch.zeros(1, 0, self.input_size, device=device),
-            block_states=[initial_block_state(1, self.output_size, device) for _ in self.blocks],
+            blocks=[StreamingBlock(block) for block in self.blocks],
+            block_states=[initial_block_state(1, self.output_size, device)[0] for _ in self.blocks],
         )
 
     def stream_forward(self, x: torch.Tensor, is_final: bool) -> torch.Tensor:
@@ -186,6 +187,8 @@ class RWKVEncoder(Encoder):
             TooShortUttError: when ``is_final`` and the whole stream had too few
                 frames for the subsampling, as ``forward`` would.
         """
+        if self.training:
+            raise RuntimeError("RWKVEncoder streaming is for inference: call .eval() first")
         cache = self._stream_cache()
         field = self.receptive_field
         feats = torch.cat([cache.feats, x], dim=1)
@@ -211,9 +214,10 @@ class RWKVEncoder(Encoder):
             out = out[:, first - base: end - base]
             if out.size(1) != end - first:
                 raise RuntimeError(f"subsampling gave {out.size(1)} frames where {end - first} were due")
-            for i, block in enumerate(self.blocks):
+            out = out[0]
+            for i, block in enumerate(cache.blocks):
                 out, cache.block_states[i] = block(out, cache.block_states[i])
-            out = self.after_norm(out)
+            out = self.after_norm(out)[None]
 
         if is_final:
             self.reset_cache(0, x.device)
@@ -264,7 +268,8 @@ class _StreamCache:
     """What an RWKV encoder carries from one chunk to the next (batch 1)."""
 
     feats: torch.Tensor  # (1, n, F) input frames not yet consumed, from global frame feats_start
-    block_states: List[torch.Tensor]  # per block (1, 5, C)
+    blocks: List[StreamingBlock]  # the blocks' inference form, weights as at reset_cache
+    block_states: List[torch.Tensor]  # per block (5, C)
     feats_start: int = 0  # global index of feats[:, 0]; a multiple of the subsampling stride
     frames_in: int = 0  # input frames received
     frames_out: int = 0  # output frames returned
