@@ -4,14 +4,16 @@
     PYTHONPATH=. python bench/streaming.py --model rwkv=egs2/synth_en/asr1/exp/asr_rwkv_bat \\
         --model conformer=egs2/synth_en/asr1/exp/asr_conformer_chunk   # trained models
 
-Both models stream the same audio (espeak-ng speech, repeated to --seconds)
+Both models stream the same audio (espeak-ng speech, repeated to --after_s + 10 s)
 through ``StreamingRecognizer`` in decoding windows of --window_ms: RWKV on
 the exact path, the conformer on ESPnet's ``Speech2Text.streaming_decode``.
 Per-chunk compute time (features + encoder + beam search, and the encoder
 alone) is the median over the first 10 s of audio and over the 10 s after
---after_s; real-time factor is the total compute over the audio length; peak
+--after_s, of each window's minimum over --repeats streams (the machine may
+be shared); real-time factor is the total compute over the audio length; peak
 memory is the growth of the process's peak RSS while streaming (VmHWM reset
-before each model); state is what the encoder carries between chunks. One
+after a 10 s warm-up stream of each model); state is what the encoder carries
+between chunks. Random-weight models get a blank bias (``random_model``). One
 table: our figure, the peer's figure measured in this process, their ratio.
 """
 import argparse
@@ -52,8 +54,13 @@ def speech(seconds: float) -> torch.Tensor:
     return audio.repeat(int(seconds * SAMPLE_RATE) // audio.numel() + 1)[: int(seconds * SAMPLE_RATE)]
 
 
-def random_model(name: str, window_ms: int, beam_size: int, workdir: Path) -> Speech2Text:
-    """The recipe's config with random weights (no normalization stats: timing only)."""
+def random_model(name: str, window_ms: int, beam_size: int, blank_bias: float, workdir: Path) -> Speech2Text:
+    """The recipe's config with random weights (no normalization stats: timing only).
+
+    ``blank_bias`` is added to the joint network's blank output: with random
+    weights blank and the labels score alike, and ESPnet's beam search then
+    expands ~20 hypotheses per frame where a trained model expands a few.
+    """
     out = workdir / name
     out.mkdir()
     (out / "tokens.txt").write_text("\n".join(TOKENS) + "\n")
@@ -63,25 +70,34 @@ def random_model(name: str, window_ms: int, beam_size: int, workdir: Path) -> Sp
     args.normalize = None
     (out / "config.yaml").write_text(yaml.safe_dump(vars(args)))
     torch.manual_seed(0)
-    return Speech2Text(asr_train_config=out / "config.yaml", streaming=True, decoding_window=window_ms, beam_size=beam_size)
+    s2t = Speech2Text(asr_train_config=out / "config.yaml", streaming=True, decoding_window=window_ms, beam_size=beam_size)
+    with torch.no_grad():
+        s2t.asr_model.joint_network.lin_out.bias[0] += blank_bias
+    return s2t
 
 
-class EncoderTimer:
-    """Adds up the time spent in the encoder's streaming call during one decoding window."""
+class Probe:
+    """Time spent in the encoder's streaming call, encoder frames out and joint network calls."""
 
-    def __init__(self, encoder):
-        self.seconds = 0.0
+    def __init__(self, model):
+        self.seconds, self.frames, self.joint_calls = 0.0, 0, 0
+        encoder = model.encoder
         name = "stream_forward" if hasattr(encoder, "stream_forward") else "chunk_forward"
-        inner = getattr(encoder, name)
+        encode, joint = getattr(encoder, name), model.joint_network.forward
 
         def timed(*args, **kwargs):
             start = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
+            out = encode(*args, **kwargs)
+            self.seconds += time.perf_counter() - start
+            self.frames += out.size(1)
+            return out
+
+        def counted(*args, **kwargs):
+            self.joint_calls += 1
+            return joint(*args, **kwargs)
 
         setattr(encoder, name, timed)
+        model.joint_network.forward = counted
 
 
 def encoder_state_nbytes(encoder) -> int:
@@ -108,26 +124,32 @@ def _status_kib(key: str) -> int:
     raise KeyError(key)
 
 
-def measure(speech2text: Speech2Text, audio: torch.Tensor, after_s: float) -> dict:
-    recognizer = StreamingRecognizer(speech2text)
-    encoder = speech2text.asr_model.encoder
-    timer = EncoderTimer(encoder)
-    warm = audio[: 5 * recognizer.window]
-    recognizer.accept(warm)
-    recognizer.finish()
-
-    rss0 = peak_rss_reset()
-    total, encoder_times, ends = [], [], []
-    state = 0
+def stream_once(recognizer: StreamingRecognizer, probe: Probe, audio: torch.Tensor):
+    """One stream of ``audio`` -> (per window: total s, encoder s, end s), final Partial, max state bytes."""
+    rows, state = [], 0
     for start in range(0, audio.numel(), recognizer.window):
-        timer.seconds = 0.0
+        probe.seconds = 0.0
         for partial in recognizer.accept(audio[start: start + recognizer.window]):
-            total.append(partial.compute_s)
-            encoder_times.append(timer.seconds)
-            ends.append(partial.end_s)
-            state = max(state, encoder_state_nbytes(encoder))
-    final = recognizer.finish()
+            rows.append((partial.compute_s, probe.seconds, partial.end_s))
+            state = max(state, encoder_state_nbytes(recognizer.speech2text.asr_model.encoder))
+    return rows, recognizer.finish(), state
+
+
+def measure(speech2text: Speech2Text, audio: torch.Tensor, after_s: float, repeats: int) -> dict:
+    """Stream ``audio`` ``repeats`` times; per-window times are the minimum over the repeats."""
+    recognizer = StreamingRecognizer(speech2text)
+    probe = Probe(speech2text.asr_model)
+    stream_once(recognizer, probe, audio[: SAMPLE_RATE * 10])  # warm-up
+
+    probe.frames = probe.joint_calls = 0
+    rss0 = peak_rss_reset()
+    rows, final, state = stream_once(recognizer, probe, audio)
     peak = peak_rss() - rss0
+    joint_per_frame = probe.joint_calls / probe.frames
+    runs = [rows] + [stream_once(recognizer, probe, audio)[0] for _ in range(repeats - 1)]
+    total = [min(run[i][0] for run in runs) for i in range(len(rows))]
+    encoder = [min(run[i][1] for run in runs) for i in range(len(rows))]
+    ends = [row[2] for row in rows]
 
     def median_ms(values, lo, hi):
         return 1000 * statistics.median(v for v, end in zip(values, ends) if lo < end <= hi)
@@ -137,12 +159,12 @@ def measure(speech2text: Speech2Text, audio: torch.Tensor, after_s: float) -> di
         "model_params": sum(p.numel() for p in speech2text.asr_model.parameters()),
         "chunk_start": median_ms(total, 0, 10),
         "chunk_after": median_ms(total, after_s, after_s + 10),
-        "enc_start": median_ms(encoder_times, 0, 10),
-        "enc_after": median_ms(encoder_times, after_s, after_s + 10),
+        "enc_start": median_ms(encoder, 0, 10),
+        "enc_after": median_ms(encoder, after_s, after_s + 10),
         "rtf": (sum(total) + final.compute_s) / (audio.numel() / SAMPLE_RATE),
         "state": state,
         "peak": peak,
-        "text": final.text,
+        "joint_per_frame": joint_per_frame,
     }
 
 
@@ -152,6 +174,9 @@ def main():
     parser.add_argument("--window_ms", type=int, default=320)
     parser.add_argument("--after_s", type=float, default=120.0)
     parser.add_argument("--beam_size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="streams per model; per-window minimum taken")
+    parser.add_argument("--blank_bias", type=float, default=4.0,
+                        help="added to the blank output of random-weight models (see random_model)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     trained = dict(m.split("=", 1) for m in args.model)
@@ -165,16 +190,19 @@ def main():
             if name in trained:
                 s2t = load_speech2text(trained[name], args.window_ms, beam_size=args.beam_size)
             else:
-                s2t = random_model(name, args.window_ms, args.beam_size, Path(tmp))
+                s2t = random_model(name, args.window_ms, args.beam_size, args.blank_bias, Path(tmp))
             with torch.inference_mode():
-                results[name] = measure(s2t, audio, args.after_s)
+                results[name] = measure(s2t, audio, args.after_s, args.repeats)
             del s2t
 
     ours, peer = results["rwkv"], results["conformer"]
-    weights = ", ".join(f"{n}: {'trained ' + trained[n] if n in trained else 'random weights'}" for n in CONFIGS)
+    weights = ", ".join(
+        f"{n}: {'trained ' + trained[n] if n in trained else f'random weights, blank bias {args.blank_bias:+g}'}"
+        for n in CONFIGS
+    )
     print(f"# {args.window_ms} ms windows, beam {args.beam_size}, one thread, torch {torch.__version__}; {weights}")
-    print(f"# {audio.numel() / SAMPLE_RATE:.1f} s of espeak-ng speech; 'after' = median over "
-          f"{args.after_s:.0f}-{args.after_s + 10:.0f} s, 'start' = over 0-10 s")
+    print(f"# {audio.numel() / SAMPLE_RATE:.1f} s of espeak-ng speech, {args.repeats} streams per model, per-window "
+          f"minimum; 'after' = median over {args.after_s:.0f}-{args.after_s + 10:.0f} s, 'start' = over 0-10 s")
     rows = [
         ("model parameters (M)", "model_params", 1e-6, "{:.2f}"),
         ("encoder parameters (M)", "params", 1e-6, "{:.2f}"),
@@ -185,6 +213,7 @@ def main():
         ("real-time factor", "rtf", 1, "{:.3f}"),
         ("encoder state carried (KiB)", "state", 1 / 1024, "{:.1f}"),
         ("peak RSS growth while streaming (MiB)", "peak", 1 / 2**20, "{:.1f}"),
+        ("beam search joint calls per encoder frame", "joint_per_frame", 1, "{:.1f}"),
     ]
     print("| metric | RWKV-BAT | chunk conformer | RWKV / conformer |")
     print("|---|---|---|---|")

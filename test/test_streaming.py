@@ -20,6 +20,10 @@ from espnet2.bin.asr_transducer_inference import Speech2Text
 from espnet2.tasks.asr_transducer import ASRTransducerTask
 from espnet_rwkv import stream
 from espnet_rwkv.asr.encoder import RWKVEncoder
+from espnet_rwkv.asr.rwkv_block import RWKVBlock, StreamingBlock, initial_block_state, wkv_chunk, wkv_chunk_masks
+from espnet_rwkv.ops import wkv
+from espnet_rwkv.ops.wkv import empty_state
+from wkv_reference import wkv_reference
 from espnet_rwkv.asr.streaming import ExactAudioProcessor, StreamingRecognizer, load_speech2text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,6 +118,45 @@ def test_receptive_field_is_what_the_subsampling_reads(input_conf, expected):
         bumped[0, frame] += 1.0
         changed = not torch.equal(encoder.embed(bumped)[0][0, t], base[0, t])
         assert changed == (first <= frame <= last), frame
+
+
+@pytest.mark.parametrize("T", [1, 3, 8, 33])
+@pytest.mark.parametrize("key_scale", [1.0, 30.0])
+def test_wkv_chunk_matches_reference(T, key_scale):
+    """From the empty state and from a carried one; large keys stay finite."""
+    g = torch.Generator().manual_seed(T)
+    C = 16
+    decay, bonus = torch.randn(C, generator=g), torch.randn(C, generator=g)
+    k, v = key_scale * torch.randn(2, 1, T, C, generator=g)
+    _, carried = wkv(decay, bonus, key_scale * torch.randn(1, 5, C, generator=g), torch.randn(1, 5, C, generator=g))
+    masks = wkv_chunk_masks(-torch.exp(decay), bonus, T)
+    for state in (empty_state(1, C), carried):
+        y, got = wkv_chunk(k[0], v[0], state[0], *masks)
+        ref_y, want = wkv_reference(decay, bonus, k, v, state)
+        torch.testing.assert_close(y.double(), ref_y[0], rtol=1e-5, atol=1e-5)
+        # The state is (a, b, p) up to a common scale: compare a / b and log(b) + p.
+        want = want[0].float()
+        torch.testing.assert_close(got[0] / got[1], want[0] / want[1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[1].log() + got[2], want[1].log() + want[2], rtol=1e-5, atol=1e-4)
+
+
+def test_streaming_block_equals_block():
+    torch.manual_seed(0)
+    block = RWKVBlock(24, 40, block_id=1, num_blocks=3).eval()
+    torch.nn.init.normal_(block.time_mix.output.weight, std=0.3)
+    torch.nn.init.normal_(block.channel_mix.value.weight, std=0.3)
+    x = torch.randn(1, 21, 24)
+    with torch.no_grad():
+        full, full_state = block(x)
+        fast = StreamingBlock(block)
+        state = initial_block_state(1, 24)[0]
+        outs = []
+        for start, end in ((0, 1), (1, 9), (9, 21)):
+            out, state = fast(x[0, start:end], state)
+            outs.append(out)
+    torch.testing.assert_close(torch.cat(outs), full[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state[[0, 4]], full_state[0, [0, 4]])
+    torch.testing.assert_close(state[1] / state[2], full_state[0, 1] / full_state[0, 2], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("vgg_like", [True, False])
