@@ -275,12 +275,14 @@ def test_espnet_streaming_path_runs_rwkv_and_feeds_each_frame_once(rwkv_exp):
 
 
 def test_conformer_streaming_still_works(conformer_exp):
+    """ESPnet's path, at 160 ms too: its first window is doubled so that it yields an encoder frame."""
     recognizer = StreamingRecognizer(
-        load_speech2text(conformer_exp, 320, model_file=conformer_exp / "model.pth", beam_size=2)
+        load_speech2text(conformer_exp, 160, model_file=conformer_exp / "model.pth", beam_size=2)
     )
     assert not recognizer.exact
     partials, final = stream_all(recognizer, speech_like(2.5, seed=4), piece=4000)
-    assert len(partials) == 7 and final.is_final and all(p.compute_s > 0 for p in partials)
+    assert [p.end_s for p in partials] == pytest.approx([0.32 + 0.16 * i for i in range(14)])
+    assert final.is_final and final.end_s == 2.5 and all(p.compute_s > 0 for p in partials)
 
 
 def test_ten_minutes_stream_with_flat_state(rwkv_conv2d_exp):
@@ -373,3 +375,20 @@ def test_cli_bad_stdin_is_an_error(rwkv_exp):
 def test_cli_bad_model_is_an_error(tmp_path, capsys):
     assert stream.main(["--model", str(tmp_path), "x.wav"]) == 1
     assert f"cannot load model {tmp_path}: {tmp_path}: neither a packed model" in capsys.readouterr().err
+
+
+def test_emission_latency_bench_runs(rwkv_exp, conformer_exp, tmp_path, espeak, capsys, monkeypatch):
+    """bench/emission_latency.py end to end on random-weight models (a smoke test: nothing matches)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import emission_latency
+
+    (tmp_path / "text").write_text("u1 THE CAT SAT\nu2 A BIRD IN THE HAND\n")
+    (tmp_path / "decode.yaml").write_text("beam_size: 2\nstreaming: true\ndecoding_window: 999\n")
+    emission_latency.main([
+        "--model", f"rwkv={rwkv_exp}", "--model", f"conformer={conformer_exp}", "--text", str(tmp_path / "text"),
+        "--windows", "160", "640", "--num", "2", "--decode_conf", str(tmp_path / "decode.yaml"),
+    ])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [(row[0], row[1]) for row in rows] == [("| rwkv", "160"), ("| rwkv", "640"), ("| conformer", "160"), ("| conformer", "640")]
+    assert all(row[2].endswith(" / 8") for row in rows)
+    assert [row[-1] for row in rows[:2]] == ["100 |", "100 |"]  # RWKV streams as it decodes in full

@@ -171,10 +171,21 @@ class StreamingRecognizer:
         _check_samples(samples)
         self.pending = torch.cat([self.pending, samples.float()])
         partials = []
-        while self.pending.numel() >= self.window:
-            window, self.pending = self.pending[: self.window], self.pending[self.window:]
+        while self.pending.numel() >= self._next_window():
+            size = self._next_window()
+            window, self.pending = self.pending[:size], self.pending[size:]
             partials.append(self._decode(window, is_final=False))
         return partials
+
+    def _next_window(self) -> int:
+        """Samples of the next decoding window.
+
+        ESPnet's chunk conformer fails ("invalid storage offset -1") on a
+        first window that leaves it no encoder frame (160 ms with subsampling
+        by 4: it trims the first and last subsampled frame of every window);
+        on ESPnet's path the first window is two windows long.
+        """
+        return self.window * (2 if not self.exact and self.samples_done == 0 else 1)
 
     def finish(self) -> Partial:
         """Decode the rest of the stream -> the final best hypothesis; then start a new stream."""
