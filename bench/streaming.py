@@ -145,7 +145,7 @@ def measure(speech2text: Speech2Text, audio: torch.Tensor, after_s: float, repea
     rss0 = peak_rss_reset()
     rows, final, state = stream_once(recognizer, probe, audio)
     peak = peak_rss() - rss0
-    joint_per_frame = probe.joint_calls / probe.frames
+    joint_per_frame, frames = probe.joint_calls / probe.frames, probe.frames
     runs = [rows] + [stream_once(recognizer, probe, audio)[0] for _ in range(repeats - 1)]
     total = [min(run[i][0] for run in runs) for i in range(len(rows))]
     encoder = [min(run[i][1] for run in runs) for i in range(len(rows))]
@@ -165,7 +165,16 @@ def measure(speech2text: Speech2Text, audio: torch.Tensor, after_s: float, repea
         "state": state,
         "peak": peak,
         "joint_per_frame": joint_per_frame,
+        "frames": frames,
+        "full_frames": full_utterance_frames(speech2text, audio.numel()),
     }
+
+
+def full_utterance_frames(speech2text: Speech2Text, samples: int) -> int:
+    """Encoder frames of decoding ``samples`` of audio as one utterance."""
+    stft = speech2text.asr_model.frontend.stft
+    feats = samples // stft.hop_length + 1 if stft.center else (samples - stft.n_fft) // stft.hop_length + 1
+    return int(speech2text.asr_model.encoder.embed.get_output_lengths(torch.tensor(feats)))
 
 
 def main():
@@ -214,6 +223,7 @@ def main():
         ("encoder state carried (KiB)", "state", 1 / 1024, "{:.1f}"),
         ("peak RSS growth while streaming (MiB)", "peak", 1 / 2**20, "{:.1f}"),
         ("beam search joint calls per encoder frame", "joint_per_frame", 1, "{:.1f}"),
+        ("encoder frames streamed", "frames", 1, "{:.0f}"),
     ]
     print("| metric | RWKV-BAT | chunk conformer | RWKV / conformer |")
     print("|---|---|---|---|")
@@ -222,6 +232,10 @@ def main():
         print(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {a / b:.2f} |" if b else f"| {label} | {fmt.format(a)} | {fmt.format(b)} | - |")
     drift = ours["chunk_after"] / ours["chunk_start"]
     print()
+    for name, label in (("rwkv", "RWKV"), ("conformer", "conformer")):
+        r = results[name]
+        print(f"{label}: {r['frames']} encoder frames streamed, {r['full_frames']} in full-utterance decoding "
+              f"({100 * (r['frames'] / r['full_frames'] - 1):+.1f}%)")
     print(f"RWKV per-chunk time after {args.after_s:.0f} s / at start: {drift:.3f} (target <= 1.10: "
           f"{'met' if drift <= 1.10 else 'MISSED'})")
     print(f"RWKV real-time factor: {ours['rtf']:.3f} (target <= 0.1: {'met' if ours['rtf'] <= 0.1 else 'MISSED'})")
