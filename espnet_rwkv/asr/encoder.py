@@ -153,7 +153,6 @@ class RWKVEncoder(Encoder):
             new_states.append(state)
         return self.after_norm(x), mask.eq(0).sum(1), new_states
 
-
     # Streaming (NOTES.md §3). Two callers, two protocols:
     # - ``stream_forward``: the exact path (espnet_rwkv.asr.streaming). Each call
     #   brings only feature frames not given before; outputs equal ``forward``'s.

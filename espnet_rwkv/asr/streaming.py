@@ -45,15 +45,17 @@ class ExactAudioProcessor:
 
     Frame g of a centred STFT (hop h, n_fft N) reads samples
     ``h*g - N/2 ... h*g + N/2 - 1``; reflection padding applies only before
-    sample 0 and after the last sample. A frame is returned once its samples
-    are in, or at the end of the stream. The model's feature extractor runs on
+    sample 0 and after the last sample (frame 0's left reflection reads sample
+    N/2). A frame is returned once its samples are in, or at the end of the
+    stream. The model's feature extractor runs on
     a buffer starting at a frame boundary ``m = ceil(N/2 / h)`` frames before
     the next frame due, so its left padding never reaches a returned frame.
 
     Args:
         model: ESPnet transducer model with a ``DefaultFrontend`` (its
-            multi-channel enhancement never runs on mono audio) and no normalization or ``global_mvn``
-            (per-utterance normalization cannot stream exactly).
+            multi-channel enhancement never runs on mono audio) and
+            ``global_mvn`` or no normalization (per-utterance normalization
+            cannot stream exactly).
     """
 
     @typechecked
