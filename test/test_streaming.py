@@ -37,7 +37,7 @@ def make_exp_dir(path: Path, config: Path, input_conf=None) -> Path:
     path.mkdir(parents=True)
     (path / "tokens.txt").write_text("\n".join(TOKENS) + "\n")
     args = ASRTransducerTask.get_parser().parse_args(
-        ["--config", str(config), "--token_list", str(path / "tokens.txt"), "--output_dir", str(path)]
+        ["--config", str(config), "--token_list", str(path / "tokens.txt"), "--token_type", "char", "--output_dir", str(path)]
     )
     if input_conf is not None:
         args.encoder_conf["input_conf"] = input_conf
