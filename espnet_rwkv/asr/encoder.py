@@ -12,6 +12,7 @@ adds ``block_type: rwkv`` bodies:
 ``build_encoder`` returns ESPnet's own ``Encoder`` for every other body, so
 built-in configs build exactly as without the plugin.
 """
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -21,15 +22,11 @@ from espnet2.asr_transducer.encoder.building import build_input_block
 from espnet2.asr_transducer.encoder.encoder import Encoder
 from espnet2.asr_transducer.utils import TooShortUttError, check_short_utt, make_source_mask
 
-from espnet_rwkv.asr.rwkv_block import RWKVBlock
+from espnet_rwkv.asr.rwkv_block import RWKVBlock, StreamingBlock, initial_block_state
 
 BLOCK_TYPE = "rwkv"
 _BLOCK_OPTIONS = {"block_type", "hidden_size", "linear_size", "num_blocks", "dropout_rate"}
 _INPUT_OPTIONS = {"vgg_like", "subsampling_factor", "conv_size"}
-_NO_STREAMING_YET = (
-    "streaming decoding of rwkv encoders is not available yet; decode full utterances "
-    "(leave out --streaming)"
-)
 
 
 @typechecked
@@ -115,6 +112,9 @@ class RWKVEncoder(Encoder):
             RWKVBlock(hidden, linear, i, num_blocks, dropout) for i in range(num_blocks)
         )
         self.after_norm = torch.nn.LayerNorm(hidden)
+        self.input_size = input_size
+        # Input frames that each subsampled frame reads; what streaming must wait for.
+        self.receptive_field = receptive_field(self.embed.conv)
         self.output_size = hidden
         # Read by ESPnet's Speech2Text; an RWKV body is causal, never chunk-masked.
         self.dynamic_chunk_training = False
@@ -153,8 +153,166 @@ class RWKVEncoder(Encoder):
             new_states.append(state)
         return self.after_norm(x), mask.eq(0).sum(1), new_states
 
-    def reset_cache(self, left_context: int, device: torch.device) -> None:
-        raise NotImplementedError(_NO_STREAMING_YET)
+    # Streaming (NOTES.md §3). Two callers, two protocols:
+    # - ``stream_forward``: the exact path (espnet_rwkv.asr.streaming). Each call
+    #   brings only feature frames not given before; outputs equal ``forward``'s.
+    # - ``chunk_forward``: ESPnet's ``Speech2Text(streaming=True)``, whose
+    #   OnlineAudioProcessor repeats the previous window's last frames at the
+    #   start of each window; they are dropped, the rest is streamed.
 
-    def chunk_forward(self, *args, **kwargs):
-        raise NotImplementedError(_NO_STREAMING_YET)
+    def reset_cache(self, left_context: int, device: torch.device) -> None:
+        """Start a new stream on ``device``, with the blocks' weights as they are now.
+
+        ``left_context`` (ESPnet's attention window, in encoder frames) does not
+        apply: the RWKV state summarizes all of the past in a fixed size.
+        """
+        self._cache = _StreamCache(
+            feats=torch.zeros(1, 0, self.input_size, device=device),
+            blocks=[StreamingBlock(block) for block in self.blocks],
+            block_states=[initial_block_state(1, self.output_size, device)[0] for _ in self.blocks],
+        )
+
+    def stream_forward(self, x: torch.Tensor, is_final: bool) -> torch.Tensor:
+        """Next feature frames (1, T_in, F) -> the encoder frames they complete (1, T_out, C).
+
+        Concatenated over a stream, the outputs equal ``forward`` on all the
+        features at once (to float rounding). An output frame is returned as
+        soon as every input frame that the subsampling reads for it has been
+        given (``receptive_field``); ``is_final`` ends the stream and returns
+        the frames that read past its end (zero padding, partial pooling), then
+        starts a new stream as ``reset_cache`` does.
+
+        Raises:
+            TooShortUttError: when ``is_final`` and the whole stream had too few
+                frames for the subsampling, as ``forward`` would.
+        """
+        if self.training:
+            raise RuntimeError("RWKVEncoder streaming is for inference: call .eval() first")
+        cache = self._stream_cache()
+        field = self.receptive_field
+        feats = torch.cat([cache.feats, x], dim=1)
+        frames_in = cache.frames_in + x.size(1)
+        first = cache.frames_out
+        if is_final:
+            short, limit = check_short_utt(self.embed.subsampling_factor, frames_in)
+            if short:
+                raise TooShortUttError(
+                    f"has {frames_in} frames and is too short for subsampling (it needs more than {limit} frames)",
+                    frames_in,
+                    limit,
+                )
+            end = int(self.embed.get_output_lengths(torch.tensor(frames_in)))
+        else:
+            # Outputs t with stride*t - pad + size - 1 <= frames_in - 1 are complete.
+            end = max(first, (frames_in - field.size + field.pad) // field.stride + 1)
+
+        out = feats.new_zeros(1, 0, self.output_size)
+        if end > first:
+            base = cache.feats_start // field.stride  # global index of the buffer's output 0
+            out, _ = self.embed(feats)
+            out = out[:, first - base: end - base]
+            if out.size(1) != end - first:
+                raise RuntimeError(f"subsampling gave {out.size(1)} frames where {end - first} were due")
+            out = out[0]
+            for i, block in enumerate(cache.blocks):
+                out, cache.block_states[i] = block(out, cache.block_states[i])
+            out = self.after_norm(out)[None]
+
+        if is_final:
+            self.reset_cache(0, x.device)
+            return out
+        # Keep the input frames from the stride-aligned start of output end's receptive field.
+        start = max(0, (field.stride * end - field.pad) // field.stride * field.stride)
+        cache.feats = feats[:, start - cache.feats_start:]
+        cache.feats_start, cache.frames_in, cache.frames_out = start, frames_in, end
+        return out
+
+    def chunk_forward(
+        self,
+        x: torch.Tensor,
+        x_len: torch.Tensor,
+        processed_frames: torch.Tensor,
+        left_context: int = 32,
+    ) -> torch.Tensor:
+        """ESPnet's streaming call: a window (1, T_in, F) from OnlineAudioProcessor -> (1, T_out, C).
+
+        OnlineAudioProcessor starts every window after the first with the last
+        ``2 * subsampling_factor + 3`` frames of the window before (all of it
+        if shorter); those are dropped and the rest streamed (``stream_forward``).
+        ESPnet's windows leave out one feature frame at every boundary and pad
+        the final window with zeros, and ESPnet never says which window is the
+        final one, so this path cannot be exact: ``espnet_rwkv.asr.streaming``
+        is. ``x_len`` (= T_in), ``processed_frames`` and ``left_context`` are
+        not needed.
+        """
+        cache = self._stream_cache()
+        overlap = min(2 * self.embed.subsampling_factor + 3, cache.espnet_window)
+        cache.espnet_window = x.size(1)
+        return self.stream_forward(x[:, overlap:], is_final=False)
+
+    def streaming_state_nbytes(self) -> int:
+        """Bytes carried between chunks: pending input frames and the block states."""
+        cache = self._stream_cache()
+        return cache.feats.nbytes + sum(state.nbytes for state in cache.block_states)
+
+    def _stream_cache(self) -> "_StreamCache":
+        cache = getattr(self, "_cache", None)
+        if cache is None:
+            raise RuntimeError("RWKVEncoder: call reset_cache(left_context, device) before streaming")
+        return cache
+
+
+@dataclass
+class _StreamCache:
+    """What an RWKV encoder carries from one chunk to the next (batch 1)."""
+
+    feats: torch.Tensor  # (1, n, F) input frames not yet consumed, from global frame feats_start
+    blocks: List[StreamingBlock]  # the blocks' inference form, weights as at reset_cache
+    block_states: List[torch.Tensor]  # per block (5, C)
+    feats_start: int = 0  # global index of feats[:, 0]; a multiple of the subsampling stride
+    frames_in: int = 0  # input frames received
+    frames_out: int = 0  # output frames returned
+    espnet_window: int = 0  # length of ESPnet's previous window (chunk_forward only)
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Output frame t of a subsampling reads input frames ``stride*t - pad ... stride*t - pad + size - 1``.
+
+    ``pad`` frames before the input are zero padding (convolutions) or ignored
+    (pooling); so are those past its end.
+    """
+
+    stride: int
+    pad: int
+    size: int
+
+    @property
+    def lookahead(self) -> int:
+        """Input frames after output t's own ``stride*t ... stride*t + stride - 1`` that it reads."""
+        return self.size - self.pad - self.stride
+
+
+def receptive_field(conv: torch.nn.Sequential) -> ReceptiveField:
+    """Compose the time axis (dim 2 of (B, 1, T, F)) of ConvInput's Conv2d / MaxPool2d / ReLU stack.
+
+    ESPnet's conv2d subsampling by 4 (``vgg_like: false``) gives stride 4, pad 0,
+    size 7: 3 frames (30 ms) of lookahead. The VGG-like one gives stride 4,
+    pad 3, size 16: 9 frames (90 ms).
+    """
+    stride, pad, size = 1, 0, 1
+    for layer in conv:
+        if isinstance(layer, torch.nn.ReLU):
+            continue
+        if not isinstance(layer, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
+            raise TypeError(f"receptive_field: unsupported subsampling layer {layer}")
+        kernel, step, padding, dilation = (
+            p if isinstance(p, int) else p[0]
+            for p in (layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+        )
+        if dilation != 1:
+            raise TypeError(f"receptive_field: dilated layer {layer}")
+        pad += stride * padding
+        size += stride * (kernel - 1)
+        stride *= step
+    return ReceptiveField(stride, pad, size)

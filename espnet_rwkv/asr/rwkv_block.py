@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from espnet_rwkv.ops import wkv
-from espnet_rwkv.ops.wkv import empty_state
+from espnet_rwkv.ops.wkv import EMPTY_P, empty_state
 
 # Block state layout along dim 1: [time-mix x_prev, wkv a, wkv b, wkv p, channel-mix x_prev].
 STATE_ROWS = 5
@@ -117,3 +117,111 @@ class RWKVBlock(nn.Module):
         out, channel_prev = self.channel_mix(self.norm_channel(x), state[:, 4])
         x = x + self.dropout(out)
         return x, torch.cat([time_prev[:, None], wkv_state, channel_prev[:, None]], dim=1)
+
+
+class StreamingBlock:
+    """Inference-only form of an ``RWKVBlock`` for short chunks of one stream.
+
+    Same function as ``RWKVBlock.forward`` in eval mode (to float rounding),
+    in about a third of the operator calls, which is what a chunk of a few
+    frames costs on a CPU: time-mix's three token-shift mixes are one
+    ``addcmul`` and its k, v, r one ``bmm``; channel-mix's two mixes one
+    ``addcmul``; WKV over a chunk of T frames is one (T+1, T, C) masked
+    weighting (``wkv_chunk``) instead of the op's chunked scan; no module
+    calls, no dropout, no autograd.
+
+    The weights are taken when this is built: build it again after the
+    parameters change (``RWKVEncoder.reset_cache`` does, once per stream).
+
+    Args:
+        block: the block to mirror.
+    """
+
+    def __init__(self, block: RWKVBlock):
+        tm, cm = block.time_mix, block.channel_mix
+        with torch.no_grad():
+            self.time_mix = torch.stack([tm.mix_k, tm.mix_v, tm.mix_r])[:, None, :]  # (3, 1, C)
+            self.time_in = torch.stack([tm.key.weight.t(), tm.value.weight.t(), tm.receptance.weight.t()])  # (3, C, C)
+            self.time_out = tm.output.weight.t().contiguous()  # (C, C)
+            self.channel_mix = torch.stack([cm.mix_k, cm.mix_r])[:, None, :]  # (2, 1, C)
+            self.channel_key = cm.key.weight.t().contiguous()  # (C, H)
+            self.channel_receptance = cm.receptance.weight.t().contiguous()  # (C, C)
+            self.channel_out = cm.value.weight.t().contiguous()  # (H, C)
+            self.decay = -torch.exp(tm.time_decay.float())
+            self.bonus = tm.time_first.float().clone()
+        self.norm_time = block.norm_time
+        self.norm_channel = block.norm_channel
+        self.size = block.size
+        self._wkv_masks = {}
+
+    def __call__(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x (T, C) float32, T >= 1; state (5, C) -> (y (T, C), new state (5, C)); layout of ``RWKVBlock``."""
+        C = self.size
+        norm = self.norm_time
+        h = torch.nn.functional.layer_norm(x, (C,), norm.weight, norm.bias, norm.eps)
+        shifted = torch.cat([state[:1], h[:-1]])
+        k, v, r = torch.bmm(torch.addcmul(shifted, self.time_mix, h - shifted), self.time_in)
+        mixed, wkv_state = wkv_chunk(k, v, state[1:4], *self._masks(x.size(0)))
+        x = torch.addmm(x, torch.sigmoid(r) * mixed, self.time_out)
+
+        norm = self.norm_channel
+        g = torch.nn.functional.layer_norm(x, (C,), norm.weight, norm.bias, norm.eps)
+        shifted = torch.cat([state[4:], g[:-1]])
+        xk, xr = torch.addcmul(shifted, self.channel_mix, g - shifted)
+        hidden = torch.relu(xk @ self.channel_key).square()
+        x = torch.addcmul(x, torch.sigmoid(xr @ self.channel_receptance), hidden @ self.channel_out)
+        return x, torch.cat([h[-1:], wkv_state, g[-1:]])
+
+    def _masks(self, T: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if T not in self._wkv_masks:
+            self._wkv_masks[T] = wkv_chunk_masks(self.decay, self.bonus, T)
+        return self._wkv_masks[T]
+
+
+_EXP_FLOOR = -80.0
+
+
+def wkv_chunk_masks(w: torch.Tensor, u: torch.Tensor, T: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Exponent offsets of one chunk of T frames for ``wkv_chunk``, rows t = 0..T (row T: the new state).
+
+    Returns:
+        frames: (T+1, T, C) float32: ``(t-1-i) w`` for source frame i < t, ``u`` for i = t,
+            ``EMPTY_P`` (no weight) for i > t.
+        carried: (T+1, C) float32: ``t w``, the decay of the state carried into the chunk.
+    """
+    t = torch.arange(T + 1, dtype=torch.float32, device=w.device)[:, None]
+    i = torch.arange(T, dtype=torch.float32, device=w.device)[None, :]
+    lag = (t - 1 - i)[..., None]  # (T+1, T, 1)
+    frames = torch.where(lag >= 0, lag * w, torch.where(lag == -1, u.expand(1, 1, -1), EMPTY_P))
+    return frames, t * w
+
+
+def wkv_chunk(
+    k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, frames: torch.Tensor, carried: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """WKV of one short chunk (batch 1) in one masked weighting; equals ``espnet_rwkv.ops.wkv``.
+
+    Row t of the (T+1, T) weighting is output t (rows 0..T-1) or the state
+    after the chunk (row T); every row also weighs the carried state, and
+    is taken relative to its maximum exponent (NOTES.md §1 numerics).
+
+    Args:
+        k, v: (T, C) float32.
+        state: (3, C) float32 (a, b, p) before the chunk.
+        frames, carried: from ``wkv_chunk_masks(w, u, T)``.
+    Returns:
+        y (T, C) and the state after the chunk (3, C).
+    """
+    a, b, p = state
+    e_frames = k + frames  # (T+1, T, C)
+    e_state = p + carried  # (T+1, C)
+    q = torch.maximum(e_frames.amax(dim=1), e_state)
+    # Relative weights below e^-80 (masked sources, long-decayed ones) are floored there: on
+    # CPUs exp is ~20x slower for results that underflow float32, and 1.8e-35 next to a
+    # weight of 1 changes nothing in float32.
+    weight = torch.exp((e_frames - q[:, None]).clamp_min_(_EXP_FLOOR))
+    weight_state = torch.exp((e_state - q).clamp_min_(_EXP_FLOOR))
+    num = torch.addcmul((weight * v).sum(dim=1), weight_state, a)
+    den = torch.addcmul(weight.sum(dim=1), weight_state, b)
+    T = k.size(0)
+    return num[:T] / den[:T], torch.stack([num[T], den[T], q[T]])

@@ -1,0 +1,137 @@
+"""Stream audio through a transducer model, chunk by chunk, and print what it hears.
+
+    python -m espnet_rwkv.stream --model exp/asr_rwkv_bat audio.wav [more.wav ...]
+    python -m espnet_rwkv.stream --model packed_model.zip --chunk_ms 160 a.wav
+    arecord -f S16_LE -r 16000 -c 1 -t raw | python -m espnet_rwkv.stream --model m.zip -
+
+The model is a packed zip (asr.sh's packing stage) or an exp dir (config.yaml
+and a checkpoint; see ``--model_file``). Audio is 16 kHz mono: wav/flac files,
+or ``-`` for raw signed 16-bit little-endian PCM on stdin, read as it arrives.
+Every ``--chunk_ms`` of audio is decoded (RWKV encoders exactly, as a full
+utterance would be; others through ESPnet's streaming path); the best
+hypothesis is printed whenever it changes, then the final one, then the
+compute time per chunk and the real-time factor (on stderr).
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import numpy as np
+import soundfile
+import torch
+
+import espnet_rwkv  # noqa: F401  (registers the RWKV encoder with ESPnet)
+from espnet2.asr_transducer.utils import TooShortUttError
+from espnet_rwkv.asr.streaming import SAMPLE_RATE, StreamingRecognizer, load_speech2text
+
+
+class AudioError(ValueError):
+    """Input audio that cannot be decoded."""
+
+
+def wav_chunks(path: Path, chunk: int) -> Iterator[np.ndarray]:
+    """Chunks (<= chunk,) float32 of a 16 kHz mono audio file."""
+    try:
+        info = soundfile.info(str(path))
+    except (OSError, RuntimeError, soundfile.LibsndfileError) as e:
+        raise AudioError(f"cannot read audio: {e}") from e
+    if info.samplerate != SAMPLE_RATE:
+        raise AudioError(
+            f"sample rate is {info.samplerate} Hz, the model needs {SAMPLE_RATE} Hz "
+            f"(e.g. sox {path} -r {SAMPLE_RATE} out.wav)"
+        )
+    if info.channels != 1:
+        raise AudioError(f"has {info.channels} channels, the model needs mono (e.g. sox {path} -c 1 out.wav)")
+    if info.frames == 0:
+        raise AudioError("has no samples")
+    yield from soundfile.blocks(str(path), blocksize=chunk, dtype="float32")
+
+
+def stdin_chunks(chunk: int) -> Iterator[np.ndarray]:
+    """Chunks of raw s16le mono PCM from stdin, as float32 in [-1, 1), yielded as they arrive."""
+    stream = sys.stdin.buffer
+    while True:
+        data = stream.read(2 * chunk)
+        if not data:
+            return
+        if len(data) % 2:
+            raise AudioError("stdin ended inside a sample: raw input must be signed 16-bit little-endian PCM")
+        yield np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def decode(recognizer: StreamingRecognizer, chunks: Iterator[np.ndarray], name: str) -> Tuple[List[float], float]:
+    """Stream one input, printing hypotheses as they change -> (compute s per decoding window, audio s)."""
+    shown, times, samples = "", [], 0
+    for chunk in chunks:
+        if not np.isfinite(chunk).all():
+            bad = samples + int(np.flatnonzero(~np.isfinite(chunk))[0])
+            raise AudioError(f"has NaN or infinite samples (first at {bad / SAMPLE_RATE:.3f} s)")
+        samples += chunk.size
+        for partial in recognizer.accept(torch.from_numpy(chunk)):
+            times.append(partial.compute_s)
+            if partial.text != shown:
+                print(f"{name} {partial.end_s:7.2f}s partial: {partial.text}", flush=True)
+                shown = partial.text
+    if samples == 0:
+        raise AudioError("has no samples")
+    final = recognizer.finish()
+    times.append(final.compute_s)
+    print(f"{name} {final.end_s:7.2f}s final: {final.text}", flush=True)
+    return times, final.end_s
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m espnet_rwkv.stream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="packed model (.zip) or exp dir with config.yaml")
+    parser.add_argument("--model_file", help="checkpoint in an exp dir (default valid.loss.ave.pth, then valid.loss.best.pth)")
+    parser.add_argument("--chunk_ms", type=int, default=320, help="audio per decoding step, ms (ESPnet's decoding_window)")
+    parser.add_argument("--beam_size", type=int, default=4)
+    parser.add_argument("--left_context", type=int, default=32, help="attention left context (chunk conformer only)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("audio", nargs="+", help="16 kHz mono audio files, or - for raw s16le PCM on stdin")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    if args.chunk_ms < 10:
+        get_parser().error(f"--chunk_ms must be at least 10, got {args.chunk_ms}")
+    torch.set_num_threads(args.threads)
+    try:
+        speech2text = load_speech2text(
+            args.model, args.chunk_ms, model_file=args.model_file, beam_size=args.beam_size,
+            left_context=args.left_context, device="cpu",
+        )
+    except (OSError, ValueError) as e:
+        print(f"espnet_rwkv.stream: error: cannot load model {args.model}: {e}", file=sys.stderr)
+        return 1
+    recognizer = StreamingRecognizer(speech2text)
+    chunk = args.chunk_ms * SAMPLE_RATE // 1000
+    failed = False
+    for path in args.audio:
+        chunks = stdin_chunks(chunk) if path == "-" else wav_chunks(Path(path), chunk)
+        name = "stdin" if path == "-" else path
+        start = time.perf_counter()
+        try:
+            times, audio_s = decode(recognizer, chunks, name)
+        except (AudioError, TooShortUttError) as e:
+            print(f"espnet_rwkv.stream: error: {name}: {e}", file=sys.stderr)
+            recognizer.reset()
+            failed = True
+            continue
+        ms = np.array(times) * 1000
+        print(
+            f"{name}: {len(ms)} chunks of {args.chunk_ms} ms, compute per chunk mean {ms.mean():.1f} ms, "
+            f"p50 {np.percentile(ms, 50):.1f} ms, max {ms.max():.1f} ms; real-time factor "
+            f"{ms.sum() / 1000 / audio_s:.3f} ({audio_s:.2f} s of audio, {time.perf_counter() - start:.2f} s wall)",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
