@@ -42,6 +42,6 @@ fi
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" --upgrade pip setuptools wheel
 # torch first: the plugin's setup.py imports it (CUDA extension build), so it builds without isolation.
-"${pip[@]}" "torch==2.11.*" "torchaudio==2.11.*"
+"${pip[@]}" "torch==2.11.0" "torchaudio==2.11.0"
 "${pip[@]}" --no-build-isolation -e ".[test,recipe]"
 echo "setup: done ($(.venv/bin/python -c 'import espnet_rwkv, torch; print("espnet_rwkv", espnet_rwkv.__version__, "torch", torch.__version__)' 2>/dev/null | tail -1))"
