@@ -1,0 +1,1 @@
+../../synth_en/asr1/path.sh

@@ -1,0 +1,203 @@
+"""Model card for a packed model, and the folder that a Hugging Face upload takes.
+
+asr.sh's stage 14 packs ``exp/asr_<tag>`` into a zip with ``espnet2.bin.pack``.
+Every model trained through this plugin needs it again to be rebuilt (an RWKV
+encoder, or the ``transducer_loss`` option of any encoder), which nothing in
+ESPnet's zip says. After packing, this module
+
+- adds ``espnet_rwkv`` (its version) and ``requirements`` to the zip's
+  ``meta.yaml``, next to the ``espnet`` and ``torch`` versions that ESPnet
+  records there (keys that ESPnet's unpacking ignores);
+- adds a ``README.md`` model card to the zip: what the model needs, with
+  versions, how to load it (``import espnet_rwkv`` first), the model, its
+  results and its training config;
+- unpacks the zip into ``<asr_exp>/hf_upload``: the folder that asr.sh's
+  Hugging Face stage would push (the zip's files, the card as its README.md),
+  made without a network, ready for ``huggingface-cli upload`` later.
+
+    python -m espnet_rwkv.model_card --asr_exp exp/asr_rwkv_bat \\
+        --packed_model exp/asr_rwkv_bat/asr_rwkv_bat_valid.loss.ave.zip --lang en --corpus synth_en
+
+Running it again on the same zip replaces what it added before.
+"""
+import argparse
+import importlib.metadata
+import io
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+import yaml
+
+import espnet_rwkv
+
+CARD_NAME = "README.md"
+
+
+def requirements(meta: Dict) -> Dict[str, str]:
+    """Versions the model needs: the plugin's, and those ESPnet's pack recorded (else the installed ones)."""
+    return {
+        "espnet_rwkv": espnet_rwkv.__version__,
+        "espnet": str(meta.get("espnet") or importlib.metadata.version("espnet")),
+        "torch": str(meta.get("torch") or torch.__version__),
+        "torchaudio": importlib.metadata.version("torchaudio"),
+        "python": str(meta.get("python") or sys.version).split()[0],
+    }
+
+
+def needs_plugin(config: Dict) -> bool:
+    """Whether ESPnet alone would refuse the config: an RWKV block, or a plugin option of the model."""
+    blocks = config.get("encoder_conf", {}).get("body_conf", [])
+    return any(b.get("block_type") == "rwkv" for b in blocks) or bool(
+        {"transducer_loss", "bat_conf"} & set(config.get("model_conf", {}))
+    )
+
+
+def describe_model(config: Dict, num_params: int) -> List[str]:
+    """Markdown bullet lines: encoder blocks, prediction and joint networks, loss, tokens, size."""
+    encoder = config.get("encoder_conf", {})
+    blocks = [f"{b.get('num_blocks', 1)} × {b['block_type']} ({b.get('hidden_size')})" for b in encoder.get("body_conf", [])]
+    subsampling = encoder.get("input_conf", {}).get("subsampling_factor", 4)
+    model_conf = config.get("model_conf", {})
+    loss = model_conf.get("transducer_loss", "rnnt")
+    if loss == "bat":
+        loss += f" {model_conf.get('bat_conf', {})}"
+    decoder_size = config.get("decoder_conf", {}).get("hidden_size", "?")
+    joint_size = config.get("joint_network_conf", {}).get("joint_space_size", "?")
+    tokens = config.get("token_list", [])
+    return [
+        f"- encoder: {', '.join(blocks) or 'see the config'}, subsampling ×{subsampling}",
+        f"- prediction network: {config.get('decoder', 'rnn')} ({decoder_size}); joint space {joint_size}",
+        f"- transducer loss: {loss}; auxiliary CTC weight {model_conf.get('auxiliary_ctc_weight', 0.0)}",
+        f"- tokens: {config.get('token_type', '?')}, {len(tokens)} in the token list",
+        f"- parameters: {num_params / 1e6:.2f} M",
+    ]
+
+
+def card(name: str, corpus: str, lang: str, config: Dict, meta: Dict, num_params: int, results: str) -> str:
+    """The README.md model card (Hugging Face front matter, then markdown)."""
+    needs = requirements(meta)
+    lines = [
+        "---",
+        "library_name: espnet",
+        "tags:",
+        *(f"- {tag}" for tag in ("espnet", "espnet_rwkv", "audio", "automatic-speech-recognition", "transducer")),
+        f"language: {lang}",
+        "datasets:",
+        f"- {corpus}",
+        "license: cc-by-4.0",
+        "---",
+        "",
+        f"# {corpus}: {name}",
+        "",
+        "An ESPnet transducer (`asr_transducer` task) trained with the **espnet_rwkv** plugin "
+        f"({espnet_rwkv.__version__}). "
+        + (
+            "**Loading it needs espnet_rwkv:** without the plugin ESPnet cannot rebuild the model and refuses it."
+            if needs_plugin(config)
+            else "Its config uses ESPnet's own options only, so ESPnet alone can load it too."
+        ),
+        "",
+        "| package | version |",
+        "|---|---|",
+        *(f"| {package} | {version} |" for package, version in needs.items()),
+        "",
+        "## Model",
+        "",
+        *describe_model(config, num_params),
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import espnet_rwkv  # first: registers the RWKV encoder and the transducer losses in ESPnet",
+        "from espnet2.bin.asr_transducer_inference import Speech2Text",
+        "",
+        'speech2text = Speech2Text.from_pretrained(model_tag="<this repository, or the packed .zip>")',
+        "hypotheses = speech2text(speech)  # speech: 16 kHz mono samples",
+        "text = speech2text.hypotheses_to_results(hypotheses)[0][0]",
+        "```",
+        "",
+        "ESPnet's command-line tools load it through the plugin's launcher, e.g. "
+        "`python -m espnet_rwkv.launch -m espnet2.bin.asr_transducer_inference ...`; "
+        "in a recipe, `asr.sh --asr_task asr_transducer --python \"python3 -m espnet_rwkv.launch\"`.",
+        "",
+        "## Results",
+        "",
+        results.strip() or "(no RESULTS.md in the experiment)",
+        "",
+        "## Training config",
+        "",
+        "<details><summary>config.yaml</summary>",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip(),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def rewrite_zip(path: Path, replace: Dict[str, bytes]) -> None:
+    """Write ``path`` again with the members in ``replace`` added or replaced; atomic."""
+    partial = path.with_name(path.name + ".partial")
+    with zipfile.ZipFile(path) as old, zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as new:
+        for info in old.infolist():
+            if info.filename not in replace:
+                new.writestr(info, old.read(info))
+        for name, data in replace.items():
+            new.writestr(name, data)
+    os.replace(partial, path)
+
+
+def add_card(asr_exp: Path, packed_model: Path, lang: str, corpus: str) -> str:
+    """Extend the zip's meta.yaml and add the card to the zip; return the card."""
+    with zipfile.ZipFile(packed_model) as archive:
+        meta = yaml.safe_load(archive.read("meta.yaml"))
+        config = yaml.safe_load(archive.read(meta["yaml_files"]["asr_train_config"]))
+        state = torch.load(io.BytesIO(archive.read(meta["files"]["asr_model_file"])), map_location="cpu", weights_only=True)
+    num_params = sum(v.numel() for v in state.values())
+    results_file = asr_exp / "RESULTS.md"
+    results = results_file.read_text(encoding="utf-8") if results_file.exists() else ""
+    needs = requirements(meta)
+    meta["espnet_rwkv"] = needs["espnet_rwkv"]
+    # Public versions: pip installs torch 2.11.0 whatever local build (+cu130, +cpu) trained it.
+    meta["requirements"] = [
+        f"{package}=={needs[package].split('+')[0]}" for package in ("espnet_rwkv", "espnet", "torch", "torchaudio")
+    ]
+    text = card(asr_exp.name, corpus, lang, config, meta, num_params, results)
+    rewrite_zip(packed_model, {"meta.yaml": yaml.safe_dump(meta).encode(), CARD_NAME: text.encode()})
+    return text
+
+
+def write_hf_folder(packed_model: Path, folder: Path) -> None:
+    """Unpack the zip (card included) into ``folder``, replacing what was there."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with zipfile.ZipFile(packed_model) as archive:
+        archive.extractall(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--asr_exp", type=Path, required=True, help="the experiment, e.g. exp/asr_rwkv_bat")
+    parser.add_argument("--packed_model", type=Path, required=True, help="the zip that asr.sh stage 14 wrote")
+    parser.add_argument("--lang", default="noinfo")
+    parser.add_argument("--corpus", default=Path.cwd().parent.name, help="default: the recipe's name")
+    parser.add_argument("--hf_folder", type=Path, help="default: <asr_exp>/hf_upload")
+    args = parser.parse_args(argv)
+    add_card(args.asr_exp, args.packed_model, args.lang, args.corpus)
+    folder = args.hf_folder or args.asr_exp / "hf_upload"
+    write_hf_folder(args.packed_model, folder)
+    print(f"model_card: {args.packed_model} has {CARD_NAME} and espnet_rwkv in meta.yaml; {folder} is ready to upload")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""espnet_rwkv.model_card on a zip that ESPnet's pack wrote, as the recipes run it after stage 14."""
+import io
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from espnet2.bin.asr_transducer_inference import Speech2Text
+
+import espnet_rwkv
+from espnet_rwkv.model_card import needs_plugin
+from packed_model import MODEL_FILE, make_exp, pack
+
+
+def run_model_card(root, exp, packed):
+    return subprocess.run(
+        [sys.executable, "-m", "espnet_rwkv.model_card", "--asr_exp", exp, "--packed_model", packed,
+         "--lang", "en", "--corpus", "tiny_corpus"],
+        cwd=root, check=True, capture_output=True, text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """(recipe dir, exp dir, zip as packed, zip after model_card)."""
+    root = tmp_path_factory.mktemp("recipe")
+    exp = make_exp(root, "tiny_rwkv_bat.yaml")
+    zip_path = pack(root, exp)
+    original = zip_path.read_bytes()
+    run_model_card(root, exp, zip_path)
+    return root, exp, original, zip_path
+
+
+def members(path):
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_card_says_what_the_model_needs(packed):
+    _, exp, _, zip_path = packed
+    card = members(zip_path)["README.md"].decode()
+    meta = yaml.safe_load(members(zip_path)["meta.yaml"])
+    assert card.startswith("---\nlibrary_name: espnet\n")
+    assert "**Loading it needs espnet_rwkv:**" in card
+    for package, version in [("espnet_rwkv", espnet_rwkv.__version__), ("espnet", meta["espnet"]), ("torch", meta["torch"])]:
+        assert f"| {package} | {version} |" in card
+    assert "import espnet_rwkv  # first" in card
+    assert "encoder: 2 × rwkv (32), subsampling ×4" in card and "transducer loss: bat" in card
+    state = torch.load(exp / MODEL_FILE, weights_only=True)
+    assert f"parameters: {sum(v.numel() for v in state.values()) / 1e6:.2f} M" in card
+    assert (exp / "RESULTS.md").read_text().strip() in card
+
+
+def test_meta_yaml_keeps_espnet_keys_and_adds_the_plugin(packed):
+    _, _, original, zip_path = packed
+    before = yaml.safe_load(zipfile.ZipFile(io.BytesIO(original)).read("meta.yaml"))
+    after = yaml.safe_load(members(zip_path)["meta.yaml"])
+    assert {k: after[k] for k in before} == before
+    assert after["espnet_rwkv"] == espnet_rwkv.__version__
+    torch_version = before["torch"].split("+")[0]
+    assert after["requirements"][:3] == [f"espnet_rwkv=={espnet_rwkv.__version__}", f"espnet=={before['espnet']}", f"torch=={torch_version}"]
+
+
+def test_packed_model_still_loads_and_decodes_the_same(packed):
+    root, exp, _, zip_path = packed
+    speech = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    direct = Speech2Text(asr_train_config=exp / "config.yaml", asr_model_file=exp / MODEL_FILE, beam_size=2)
+    loaded = Speech2Text.from_pretrained(model_tag=str(zip_path), beam_size=2)
+    expected, got = direct(speech)[0], loaded(speech)[0]
+    assert got.yseq == expected.yseq and got.score == pytest.approx(expected.score, rel=1e-5)
+
+
+def test_hf_folder_is_the_zip_with_its_card(packed):
+    _, exp, _, zip_path = packed
+    folder = exp / "hf_upload"
+    files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert files == members(zip_path)
+    assert "README.md" in files and "meta.yaml" in files
+
+
+def test_second_run_replaces_what_the_first_added(packed):
+    root, exp, _, zip_path = packed
+    first = members(zip_path)
+    (exp / "hf_upload" / "stale.txt").write_text("from an earlier run")
+    run_model_card(root, exp, zip_path)
+    with zipfile.ZipFile(zip_path) as archive:
+        names = archive.namelist()
+    assert len(names) == len(set(names))
+    second = members(zip_path)
+    assert second.keys() == first.keys()
+    assert {k: v for k, v in second.items() if k != "meta.yaml"} == {k: v for k, v in first.items() if k != "meta.yaml"}
+    assert not (exp / "hf_upload" / "stale.txt").exists()
+
+
+def test_which_configs_need_the_plugin():
+    conformer = {"encoder_conf": {"body_conf": [{"block_type": "conformer", "hidden_size": 8}]}, "model_conf": {}}
+    assert not needs_plugin(conformer)
+    assert needs_plugin({**conformer, "model_conf": {"transducer_loss": "rnnt"}})
+    assert needs_plugin({"encoder_conf": {"body_conf": [{"block_type": "rwkv", "hidden_size": 8}]}})
+
+
+def test_card_of_a_conformer_with_the_plugin_loss(tmp_path):
+    exp = make_exp(tmp_path, "tiny_conformer_chunk.yaml", name="asr_conformer")
+    zip_path = pack(tmp_path, exp)
+    run_model_card(tmp_path, exp, zip_path)
+    card = (exp / "hf_upload" / "README.md").read_text()
+    assert "encoder: 2 × conformer (32)" in card and "transducer loss: rnnt" in card
+    assert "**Loading it needs espnet_rwkv:**" in card  # the transducer_loss option is the plugin's
