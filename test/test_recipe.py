@@ -182,9 +182,10 @@ def test_streaming_decodes_of_run_sh_run(recipe, system, tmp_path):
 FAKE_ASR_SH = r"""#!/usr/bin/env bash
 # Stands in for ESPnet's asr.sh: logs the call, checks its configs, leaves what stages 13 and 14 leave.
 set -euo pipefail
-declare -A opt=([asr_tag]= [inference_tag]= [asr_args]= [inference_nj]=)
+declare -A opt=([asr_tag]= [inference_tag]= [asr_args]= [nj]= [inference_nj]=)
 while [ $# -gt 0 ]; do opt[${1#--}]=$2; shift 2; done
-echo "${opt[stage]}-${opt[stop_stage]} ${opt[asr_config]} ${opt[asr_tag]} ${opt[inference_tag]} nj=${opt[inference_nj]} ${opt[asr_args]}" >> asr_calls.log
+echo "${opt[stage]}-${opt[stop_stage]} ${opt[asr_config]} ${opt[asr_tag]} ${opt[inference_tag]} nj=${opt[nj]}" \
+    "inference_nj=${opt[inference_nj]} ${opt[asr_args]}" >> asr_calls.log
 for key in asr_config inference_config; do
     [ -z "${opt[$key]:-}" ] || [ -f "${opt[$key]}" ] || { echo "no ${opt[$key]}" >&2; exit 1; }
 done
@@ -228,7 +229,7 @@ def recipe_copy(tmp_path: Path, recipe: Path) -> Path:
 
 
 def run_recipe(work: Path, *args, packed_model=None, check=True):
-    env = {**os.environ, "PACKED_MODEL": str(packed_model or "")}
+    env = {**os.environ, "PACKED_MODEL": str(packed_model or ""), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(["bash", "run.sh", *args], cwd=work, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"run.sh {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -246,7 +247,8 @@ def test_run_sh_runs_the_shared_stages_once_then_each_system(tmp_path, packed_mo
         expected += [["12-13", f"conf/train_{system}.yaml", system, f"decode_{d}"] for d in decodes]
         expected.append(["14-14", f"conf/train_{system}.yaml", system])
     assert [call[: len(e)] for call, e in zip(calls, expected)] == expected and len(calls) == len(expected)
-    assert all("nj=3" in call for call in calls), "asr.sh options after run.sh's own pass through to every call"
+    assert all("inference_nj=3" in call for call in calls), "asr.sh options after run.sh's own pass through to every call"
+    assert all(f"nj={min(len(os.sched_getaffinity(0)), 16)}" in call for call in calls), "a job a core"
     training = [call for call in calls if call[0] == "11-11"]
     cpu = not torch.cuda.is_available()
     assert all(("--max_epoch" in call) == cpu for call in training)

@@ -20,7 +20,9 @@ cd "$(dirname "$0")"
 [ -x asr.sh ] || ../../setup_recipe.sh .
 . ./path.sh
 
-nj=$(( $(nproc) < 16 ? $(nproc) : 16 ))
+# Parallel jobs: one a core, up to 16 (nproc would count path.sh's OMP_NUM_THREADS=1 as one core).
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+nj=$(( cores < 16 ? cores : 16 ))
 if python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     ngpu=1; data_opts="--num_train 6000 --nj ${nj}"; train_args=""
 else
