@@ -5,9 +5,9 @@
 #   then per system (conf/train_<system>.yaml, exp/asr_<system>):
 #     stage 11 training;
 #     stages 12-13 once per decode (conf/decode_<decode>.yaml, exp/asr_<system>/decode_<decode>);
-#     stages 14-16 packing (and the uploads, when asked for), then espnet_rwkv.model_card:
-#       the model card in the zip and exp/asr_<system>/hf_upload;
-#   then RESULTS.md (ESPnet's show_asr_result.sh over exp/) and wer_vs_latency.png.
+#     stage 14 packing, then espnet_rwkv.model_card: the model card in the zip and
+#       exp/asr_<system>/hf_upload; stages 15-16 (uploads) when --stop_stage asks for them;
+#   then, when stage 13 ran, RESULTS.md (ESPnet's show_asr_result.sh over exp/) and wer_vs_latency.png.
 # --stage and --stop_stage (default 14) bound all of it; every other option goes to every asr.sh call.
 #
 # The caller sets:
@@ -55,15 +55,19 @@ run_systems() {
                     --inference_config "conf/decode_${decode}.yaml" --inference_tag "decode_${decode}"
             fi
         done
-        if span 14 16; then
-            asr "${lo}" "${hi}" "${system_opts[@]}"
+        if span 14 14; then
+            asr 14 14 "${system_opts[@]}"
             # The zip that stage 14 just wrote (exp/asr_<system>/asr_<system>_<inference model>.zip).
-            packed=$(ls -t "exp/asr_${system}"/*.zip | head -n 1)
+            packed=$(ls -t "exp/asr_${system}"/*.zip)
+            packed=${packed%%$'\n'*}
             python3 -m espnet_rwkv.model_card --asr_exp "exp/asr_${system}" --packed_model "${packed}" \
                 --corpus "${corpus}" --lang "${lang}"
         fi
+        if span 15 16; then  # uploads of the zip with its card, when --stop_stage asks for them
+            asr "${lo}" "${hi}" "${system_opts[@]}"
+        fi
     done
-    if span 13 16; then
+    if span 13 13; then  # after scoring
         # Several run.sh may finish together (one system per GPU): write each file whole.
         scripts/utils/show_asr_result.sh exp > "RESULTS.md.$$" && mv "RESULTS.md.$$" RESULTS.md
         python3 local/plot_wer_vs_latency.py --exp exp "${plot_opts[@]}" --out wer_vs_latency.png

@@ -200,7 +200,11 @@ if [ "${opt[stage]}" -le 13 ] && [ "${opt[stop_stage]}" -ge 13 ] && [ -n "${opt[
     done; done
 fi
 if [ "${opt[stage]}" -le 14 ] && [ "${opt[stop_stage]}" -ge 14 ]; then
-    cp "${PACKED_MODEL}" "${exp}/asr_${opt[asr_tag]}_valid.loss.ave.zip"
+    mkdir -p "${exp}" && cp "${PACKED_MODEL}" "${exp}/asr_${opt[asr_tag]}_valid.loss.ave.zip"
+fi
+if [ "${opt[stop_stage]}" -ge 15 ]; then  # the uploads take the zip: it must have its card by then
+    python3 -c 'import sys, zipfile; sys.exit("README.md" not in zipfile.ZipFile(sys.argv[1]).namelist())' \
+        "${exp}/asr_${opt[asr_tag]}_valid.loss.ave.zip"
 fi
 """
 
@@ -262,7 +266,7 @@ def test_run_sh_runs_the_shared_stages_once_then_each_system(tmp_path, packed_mo
         assert f"# synth_en: asr_{system}" in card and "| espnet_rwkv |" in card
 
 
-def test_run_sh_runs_only_the_asked_stages_and_systems(tmp_path):
+def test_run_sh_runs_only_the_asked_stages_and_systems(tmp_path, packed_model):
     work = recipe_copy(tmp_path, RECIPE)
     _, calls = run_recipe(work, "--stage", "11", "--stop_stage", "11", "--systems", "conformer_chunk")
     assert [call[:3] for call in calls] == [["11-11", "conf/train_conformer_chunk.yaml", "conformer_chunk"]]
@@ -271,6 +275,11 @@ def test_run_sh_runs_only_the_asked_stages_and_systems(tmp_path):
     result, calls = run_recipe(work, "--systems", "rwkv_bat nosuch", check=False)
     assert result.returncode != 0 and "no conf/train_nosuch.yaml" in result.stderr
     assert len(calls) == 1, "nothing runs when a system is unknown"
+
+    # Packing, then the card, then the uploads of the zip with its card.
+    (work / "asr_calls.log").unlink()
+    _, calls = run_recipe(work, "--stage", "14", "--stop_stage", "16", "--systems", "rwkv_bat", packed_model=packed_model)
+    assert [call[:3] for call in calls] == [["14-14", "conf/train_rwkv_bat.yaml", "rwkv_bat"], ["15-16", "conf/train_rwkv_bat.yaml", "rwkv_bat"]]
 
 
 @pytest.mark.slow
