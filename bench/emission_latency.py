@@ -47,7 +47,8 @@ def synthesize_words(words, voice):
     pieces, ends, t = [], [], 0.0
     pause = np.zeros(int(PAUSE_S * SAMPLE_RATE), dtype=np.float32)
     for word in words:
-        wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", word], check=True, capture_output=True).stdout
+        # lower case, as egs2/synth_en's synthesize.py reads sentences (upper case can be spelled out)
+        wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", word.lower()], check=True, capture_output=True).stdout
         audio, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
         audio = torchaudio.functional.resample(torch.from_numpy(audio), rate, SAMPLE_RATE).numpy()
         loud = np.flatnonzero(np.abs(audio) > 10 ** (SILENCE_DB / 20) * np.abs(audio).max())
@@ -94,7 +95,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    sentences = [line.split(maxsplit=1)[1].lower().split() for line in Path(args.text).read_text().splitlines()]
+    # words as the text file writes them: the recipe's token case
+    sentences = [line.split(maxsplit=1)[1].split() for line in Path(args.text).read_text().splitlines()]
     tests = [synthesize_words(words, VOICE) + (words,) for words in sentences[: args.num]]
     print(f"# {len(tests)} sentences, {sum(len(t[2]) for t in tests)} words, voice {VOICE}, "
           f"{sum(len(t[0]) for t in tests) / SAMPLE_RATE:.0f} s of audio", file=sys.stderr)
