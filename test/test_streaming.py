@@ -24,6 +24,7 @@ from espnet_rwkv.asr.rwkv_block import RWKVBlock, StreamingBlock, initial_block_
 from espnet_rwkv.ops import wkv
 from espnet_rwkv.ops.wkv import empty_state
 from wkv_reference import wkv_reference
+from espnet_rwkv.asr import streaming
 from espnet_rwkv.asr.streaming import ExactAudioProcessor, StreamingRecognizer, load_speech2text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,6 +221,29 @@ def test_rwkv_streaming_decodes_like_full_utterance(request, exp_name, window_ms
     assert final.end_s == pytest.approx(audio.numel() / RATE)
     assert len(partials) == audio.numel() // recognizer.window
     assert partials[-1].end_s == pytest.approx(len(partials) * window_ms / 1000)
+
+
+@pytest.mark.parametrize("exp_name", ["rwkv_exp", "conformer_exp"])
+def test_shortened_label_history_changes_nothing(request, exp_name, monkeypatch):
+    """Moving the hypotheses' common label prefix out of the beam search gives the same
+    partial and final hypotheses as keeping whole label sequences (and it does happen)."""
+    exp = request.getfixturevalue(exp_name)
+    audio = speech_like(4.0, seed=7)
+    results, longest = {}, {}
+    for keep in (10**9, 0):
+        monkeypatch.setattr(streaming, "KEEP_LABELS", keep)
+        recognizer = StreamingRecognizer(load_speech2text(exp, 160, model_file=exp / "model.pth", beam_size=2))
+        shorten = recognizer._shorten_history
+        lengths = []
+        recognizer._shorten_history = lambda: shorten() or lengths.append(
+            (len(recognizer.committed), max(len(h.yseq) for h in recognizer.speech2text.beam_search.search_cache or [[]]))
+        )
+        partials, final = stream_all(recognizer, audio, piece=2345)
+        results[keep] = [(p.token_int, p.score) for p in partials + [final]]
+        longest[keep] = max(lengths)
+    assert results[0] == results[10**9] and results[0][-1][0]
+    assert longest[10**9][0] == 0 and longest[0][0] > 0  # committed labels
+    assert longest[0][1] < longest[10**9][1]  # shorter hypotheses
 
 
 def test_rwkv_streaming_encoder_output_equals_full(rwkv_exp):

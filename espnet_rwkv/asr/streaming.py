@@ -23,6 +23,7 @@ conv2d by 4, 90 ms VGG-like) and the STFT of a frame reads ``n_fft / 2``
 samples past the frame's centre (16 ms at n_fft 512, 16 kHz).
 """
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from espnet2.layers.global_mvn import GlobalMVN
 from espnet_rwkv.asr.encoder import RWKVEncoder
 
 SAMPLE_RATE = 16000
+# Labels of the common prefix left in each hypothesis (StreamingRecognizer._shorten_history).
+KEEP_LABELS = 8
 _PREFERRED_CHECKPOINTS = ("valid.loss.ave.pth", "valid.loss.best.pth")
 
 
@@ -164,6 +167,7 @@ class StreamingRecognizer:
         self.pending = torch.zeros(0)
         self.samples_done = 0
         self.hyps = []
+        self.committed = []  # labels every hypothesis shares, taken out of their yseq
         self.speech2text.reset_streaming_cache()
         if self.exact:
             self.features.reset()
@@ -198,14 +202,18 @@ class StreamingRecognizer:
     def _decode(self, window: torch.Tensor, is_final: bool) -> Partial:
         start = time.perf_counter()
         with torch.inference_mode():
+            if is_final:  # the final sort (score_norm) and the caller see whole label sequences
+                self._restore_history()
             if self.exact:
                 self._decode_exact(window, is_final)
             else:
                 self.hyps = self.speech2text.streaming_decode(window, is_final=is_final)
-            _prune_score_cache(self.speech2text.asr_model.decoder, self.hyps)
+            if not is_final:
+                self._shorten_history()
             text, token_int, score = "", [], 0.0
             if self.hyps:  # none before the first encoder frame
                 best = self.hyps[0] if is_final else max(self.hyps, key=lambda hyp: hyp.score)
+                best = dataclasses.replace(best, yseq=best.yseq[:1] + self.committed + best.yseq[1:])
                 text, _, token_int, _ = self.speech2text.hypotheses_to_results([best])[0]
                 score = best.score
         self.samples_done += window.numel()
@@ -219,6 +227,49 @@ class StreamingRecognizer:
         enc_out = s2t.asr_model.encoder.stream_forward(feats, is_final)
         if enc_out.size(1) or is_final:
             self.hyps = s2t.beam_search(enc_out[0], is_final=is_final)
+
+    def _shorten_history(self) -> None:
+        """Keep each hypothesis's label sequence short, so that a window's cost does not grow.
+
+        ESPnet's beam search copies a hypothesis's whole label sequence at every
+        expansion, and its decoders key a cache of their outputs by the whole
+        sequence ("0_5_9") and keep every prefix ever scored: per frame, work and
+        memory would grow with the transcript. All live hypotheses extend one
+        common prefix, and the default search without an LM reads only the
+        last label and the decoder state, so that prefix (less ``KEEP_LABELS``)
+        moves to ``self.committed``: the same hypotheses and scores. The
+        decoder's cache keeps the outputs of live hypotheses only.
+        """
+        search = self.speech2text.beam_search
+        hyps = search.search_cache or []
+        cut = 0
+        if hyps and search.search_algorithm == search.default_beam_search and not search.use_lm:
+            first = hyps[0].yseq
+            common = min(len(hyp.yseq) for hyp in hyps) - 1
+            for hyp in hyps[1:]:
+                common = next((i for i in range(common) if hyp.yseq[1 + i] != first[1 + i]), common)
+            cut = max(common - KEEP_LABELS, 0)
+            self.committed += first[1: 1 + cut]
+        self._rewrite_label_sequences(lambda yseq: yseq[:1] + yseq[1 + cut:])
+
+    def _restore_history(self) -> None:
+        """Put ``self.committed`` back in front of every hypothesis's labels."""
+        committed, self.committed = self.committed, []
+        self._rewrite_label_sequences(lambda yseq: yseq[:1] + committed + yseq[1:])
+
+    def _rewrite_label_sequences(self, rewrite) -> None:
+        """yseq = rewrite(yseq) for the live hypotheses; the decoder's cached outputs of
+        those, and only those, stay, under their new keys."""
+        decoder = self.speech2text.asr_model.decoder
+        old = getattr(decoder, "score_cache", None)
+        cache = {}
+        for hyp in self.speech2text.beam_search.search_cache or []:
+            key = "_".join(map(str, hyp.yseq))
+            hyp.yseq = rewrite(hyp.yseq)
+            if old and key in old:
+                cache["_".join(map(str, hyp.yseq))] = old[key]
+        if old is not None:
+            decoder.score_cache = cache
 
     @property
     def state_nbytes(self) -> int:
@@ -236,20 +287,6 @@ def _check_samples(samples: torch.Tensor) -> None:
     bad = (~torch.isfinite(samples)).nonzero()
     if bad.numel():
         raise ValueError(f"audio has {bad.numel()} NaN or infinite samples (first at sample {int(bad[0])})")
-
-
-def _prune_score_cache(decoder: torch.nn.Module, hyps) -> None:
-    """Keep only the decoder outputs of live hypotheses.
-
-    ESPnet's decoders cache one output per label prefix ever scored, keyed
-    "1_5_9"; in a long stream that grows without bound. Only the prefixes of
-    the current hypotheses can be scored again.
-    """
-    cache = getattr(decoder, "score_cache", None)
-    if cache:
-        live = {"_".join(map(str, hyp.yseq)) for hyp in hyps}
-        for key in [key for key in cache if key not in live]:
-            del cache[key]
 
 
 @typechecked
