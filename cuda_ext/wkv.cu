@@ -35,7 +35,8 @@ namespace {
 
 constexpr float kEmptyP = -1e38f;  // espnet_rwkv.ops.wkv.EMPTY_P
 constexpr int kLanes = 32;         // channels per block, one per lane
-constexpr int kL = 8;              // frames per thread row; states are saved every kL frames
+constexpr int kLog2L = 3;
+constexpr int kL = 1 << kLog2L;    // frames per thread row; states are saved every kL frames
 constexpr int kFwdRows = 16;       // most thread rows of the forward (512 threads, 2 blocks/SM)
 constexpr int kBwdRows = 8;        // of the backward (more registers per frame)
 constexpr unsigned kFull = 0xffffffffu;
@@ -81,6 +82,47 @@ __device__ __forceinline__ float decay_rate(const float* time_decay, int c) {
   return static_cast<float>(-exp(static_cast<double>(time_decay[c])));
 }
 
+// Asynchronous global -> shared copies (sm_80+): the next super-chunk's frames are
+// staged in shared memory while the current one is computed, with no registers held.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+      static_cast<unsigned>(__cvta_generic_to_shared(dst))), "l"(src));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(
+      static_cast<unsigned>(__cvta_generic_to_shared(dst))), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+// Stages frames [base, base + 2^log2rows) of channels [c0, c0 + 32) of one (T, C) tensor
+// into dst[rows][32]. vec (C a multiple of 16 bytes, 16-byte aligned data): 16-byte
+// copies spread over the block; else each thread copies its own frames (rows g*kL..,
+// channel x) with plain loads. Frames past T and channels past C are left as they are.
+template <typename scalar_t>
+__device__ __forceinline__ void stage_rows(scalar_t* dst, const scalar_t* src, int base,
+                                           int log2rows, int T, int C, int c0, bool vec) {
+  if (vec) {
+    constexpr int kPer = 16 / sizeof(scalar_t);                      // elements per copy
+    constexpr int kLog2Copies = sizeof(scalar_t) == 4 ? 3 : 2;        // copies per row
+    const int tid = threadIdx.y * kLanes + threadIdx.x, n = blockDim.y * kLanes;
+    for (int j = tid; j < (1 << (log2rows + kLog2Copies)); j += n) {
+      const int r = j >> kLog2Copies, q = (j & ((1 << kLog2Copies) - 1)) * kPer;
+      if (base + r < T && c0 + q < C)
+        cp_async16(dst + r * kLanes + q, src + (base + r) * C + c0 + q);
+    }
+  } else {
+    const int c = c0 + threadIdx.x;
+#pragma unroll
+    for (int i = 0; i < kL; ++i) {
+      const int r = threadIdx.y * kL + i;
+      if (base + r < T && c < C) dst[r * kLanes + threadIdx.x] = src[(base + r) * C + c];
+    }
+  }
+}
+
 // Row summaries (a, b, p, idx) of one super-chunk, then per row the state entering it:
 // written back in place. Run by every thread of the block in the scan role: warp g,
 // lane x scans channel xs = g*(32/G) + x/G, row gs = x%G. carry: the state entering
@@ -119,7 +161,8 @@ __device__ __forceinline__ void forward_scan(FwdShared& sh, int G, int gs, int x
   merge(ca, cb, cp, ci, static_cast<float>(G * kL) * w, ta, tb, tp, ti);
 }
 
-// Grid: B * ceil(C/32) blocks; block (32, G), G a power of two <= kFwdRows.
+// Grid: B * ceil(C/32) blocks; block (32, G), G a power of two <= kFwdRows; dynamic
+// shared memory: two stages of k and v tiles, 2 * 2 * G*kL * 32 elements.
 // kTrain: also save the state entering every row ((B, ceil(T/kL), 3, C)) and the
 // frame that set the final max exponent (argmax, (B, C); -1: the initial p).
 template <typename scalar_t, bool kTrain>
@@ -128,9 +171,12 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
     const scalar_t* __restrict__ k_, const scalar_t* __restrict__ v_,
     const float* __restrict__ state_in, scalar_t* __restrict__ y_,
     float* __restrict__ state_out, int* __restrict__ argmax_out, float* __restrict__ saved,
-    int T, int C, int log2G) {
+    int T, int C, int log2G, bool vec) {
   __shared__ FwdShared sh;
+  extern __shared__ float4 dyn[];
+  scalar_t* tiles = reinterpret_cast<scalar_t*>(dyn);
   const int G = 1 << log2G, g = threadIdx.y, x = threadIdx.x;
+  const int log2rows = log2G + kLog2L, rows = 1 << log2rows;
   const int n_cb = (C + kLanes - 1) / kLanes;
   const int bi = blockIdx.x / n_cb, c0 = (blockIdx.x % n_cb) * kLanes;
   const int c = c0 + x;
@@ -140,7 +186,7 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
   const scalar_t* k = k_ + off;
   const scalar_t* v = v_ + off;
   scalar_t* y = y_ + off;
-  const int n_rows = (T + kL - 1) / kL;
+  const int n_saved = (T + kL - 1) / kL;
 
   // Scan role: this lane's channel and row, and the carry of that channel.
   const int gs = x & (G - 1), xs = (g << (5 - log2G)) + (x >> log2G);
@@ -153,41 +199,41 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
     ca = s0[cs]; cb = s0[C + cs]; cp = s0[2 * C + cs];
   }
 
-  const int span = G * kL;
-  scalar_t nk[kL], nv[kL];  // the next super-chunk's frames, in flight
-#pragma unroll
-  for (int i = 0; i < kL; ++i) {
-    const int t = g * kL + i;
-    if (live && t < T) { nk[i] = k[t * C + c]; nv[i] = v[t * C + c]; }
-  }
-  for (int base = 0; base < T; base += span) {
+  auto stage = [&](int st, int base) {
+    scalar_t* tk = tiles + st * 2 * rows * kLanes;
+    stage_rows(tk, k, base, log2rows, T, C, c0, vec);
+    stage_rows(tk + rows * kLanes, v, base, log2rows, T, C, c0, vec);
+    cp_async_commit();
+  };
+  stage(0, 0);
+  int st = 0;
+  for (int base = 0; base < T; base += rows, st ^= 1) {
+    cp_async_wait_all();
+    __syncthreads();  // this stage landed; everyone is done with the other one
+    if (base + rows < T) stage(st ^ 1, base + rows);
+    const scalar_t* ks = tiles + st * 2 * rows * kLanes + g * kL * kLanes + x;  // frame i: ks[i * 32]
+    const scalar_t* vs = ks + rows * kLanes;
     const int t0 = base + g * kL;
-    float kr[kL], vr[kL];
-#pragma unroll
-    for (int i = 0; i < kL; ++i) { kr[i] = to_f(nk[i]); vr[i] = to_f(nv[i]); }
     // Row summary from the empty state: max exponent first, then one exp per frame.
     float sp = kEmptyP, sa = 0.f, sb = 0.f;
     int sidx = -1;
 #pragma unroll
     for (int i = 0; i < kL; ++i) {
-      const float e = fmaf(static_cast<float>(kL - 1 - i), w, kr[i]);
-      if (live && t0 + i < T && e > sp) {
-        sp = e;
-        if (kTrain) sidx = t0 + i;
+      if (live && t0 + i < T) {
+        const float e = fmaf(static_cast<float>(kL - 1 - i), w, to_f(ks[i * kLanes]));
+        if (e > sp) {
+          sp = e;
+          if (kTrain) sidx = t0 + i;
+        }
       }
     }
 #pragma unroll
     for (int i = 0; i < kL; ++i) {
       if (live && t0 + i < T) {
-        const float e = __expf(fmaf(static_cast<float>(kL - 1 - i), w, kr[i]) - sp);
-        sa = fmaf(e, vr[i], sa);
+        const float e = __expf(fmaf(static_cast<float>(kL - 1 - i), w, to_f(ks[i * kLanes])) - sp);
+        sa = fmaf(e, to_f(vs[i * kLanes]), sa);
         sb += e;
       }
-    }
-#pragma unroll
-    for (int i = 0; i < kL; ++i) {
-      const int t = t0 + span + i;
-      if (live && t < T) { nk[i] = k[t * C + c]; nv[i] = v[t * C + c]; }
     }
     sh.a[g][x] = sa; sh.b[g][x] = sb; sh.p[g][x] = sp;
     if (kTrain) sh.idx[g][x] = sidx;
@@ -197,22 +243,23 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
     float a = sh.a[g][x], b = sh.b[g][x], p = sh.p[g][x];
     int idx = kTrain ? sh.idx[g][x] : 0;
     if (kTrain && live && t0 < T) {
-      float* sv = saved + ((size_t)bi * n_rows + t0 / kL) * 3 * C;
+      float* sv = saved + ((size_t)bi * n_saved + t0 / kL) * 3 * C;
       sv[c] = a; sv[C + c] = b; sv[2 * C + c] = p;
     }
 #pragma unroll
     for (int i = 0; i < kL; ++i) {
       const int t = t0 + i;
       if (live && t < T) {
+        const float kt = to_f(ks[i * kLanes]), vt = to_f(vs[i * kLanes]);
         float c1, c2;
-        rescale(p, u + kr[i], c1, c2);
-        y[t * C + c] = from_f<scalar_t>(__fdividef(a * c1 + vr[i] * c2, b * c1 + c2));
+        rescale(p, u + kt, c1, c2);
+        y[t * C + c] = from_f<scalar_t>(__fdividef(a * c1 + vt * c2, b * c1 + c2));
         const float pw = p + w;
-        rescale(pw, kr[i], c1, c2);
-        a = a * c1 + vr[i] * c2;
+        rescale(pw, kt, c1, c2);
+        a = a * c1 + vt * c2;
         b = b * c1 + c2;
-        if (kTrain && kr[i] > pw) idx = t;
-        p = fmaxf(pw, kr[i]);
+        if (kTrain && kt > pw) idx = t;
+        p = fmaxf(pw, kt);
         if (t == T - 1) {
           float* so = state_out + (size_t)bi * 3 * C;
           so[c] = a; so[C + c] = b; so[2 * C + c] = p;
@@ -253,9 +300,11 @@ __device__ __forceinline__ void backward_scan(BwdShared& sh, int G, int gs, int 
   cm = fmaf(tP, cm, tm);
 }
 
-// Grid and block as the forward, G <= kBwdRows; super-chunks in reverse time.
-// gy, gstate_out, state_in, gstate_in may be null (zero cotangent / empty initial state).
-// gw_part, gu_part (B, C): this batch row's gradient of w and u.
+// Grid and block as the forward, G <= kBwdRows; super-chunks in reverse time. Dynamic
+// shared memory: two stages of k, v, gy tiles (3 * G*kL * 32 elements) and of the rows'
+// saved states (G * 3 * 32 floats). gy, gstate_out, state_in, gstate_in may be null
+// (zero cotangent / empty initial state). gw_part, gu_part (B, C): this batch row's
+// gradient of w and u.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
     const float* __restrict__ time_decay, const float* __restrict__ time_first,
@@ -264,10 +313,15 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
     const float* __restrict__ state_out, const int* __restrict__ argmax,
     const scalar_t* __restrict__ gy_, const float* __restrict__ gstate_out,
     scalar_t* __restrict__ gk_, scalar_t* __restrict__ gv_, float* __restrict__ gstate_in,
-    float* __restrict__ gw_part, float* __restrict__ gu_part, int T, int C, int log2G) {
+    float* __restrict__ gw_part, float* __restrict__ gu_part, int T, int C, int log2G,
+    bool vec) {
   __shared__ BwdShared sh;
   __shared__ float red_w[kBwdRows][kLanes], red_u[kBwdRows][kLanes];
+  extern __shared__ float4 dyn[];
   const int G = 1 << log2G, g = threadIdx.y, x = threadIdx.x;
+  const int log2rows = log2G + kLog2L, rows = 1 << log2rows;
+  scalar_t* tiles = reinterpret_cast<scalar_t*>(dyn);                        // [2][3][rows][32]
+  float* states = reinterpret_cast<float*>(dyn) + (6 * rows * kLanes * sizeof(scalar_t) + 3) / 4;
   const int n_cb = (C + kLanes - 1) / kLanes;
   const int bi = blockIdx.x / n_cb, c0 = (blockIdx.x % n_cb) * kLanes;
   const int c = c0 + x;
@@ -280,8 +334,8 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
   const scalar_t* gy = gy_ == nullptr ? nullptr : gy_ + off;
   scalar_t* gk = gk_ + off;
   scalar_t* gv = gv_ + off;
-  const int n_rows = (T + kL - 1) / kL;
-  const float* sv = saved + (size_t)bi * n_rows * 3 * C;
+  const int n_saved = (T + kL - 1) / kL;
+  const float* sv = saved + (size_t)bi * n_saved * 3 * C;
 
   // Cotangent of the final state: on A_T = a e^p and B_T = b e^p, so lambda_T = g_a and
   // mu_T = g_b, plus what is left on p itself, which flows to the frame (or the
@@ -301,56 +355,60 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
   float cl = 0.f, cm = 0.f;
   if (gstate_out != nullptr) { cl = gstate_out[so + cs]; cm = gstate_out[so + C + cs]; }
 
-  const int span = G * kL;
-  const int last = (T - 1) / span * span;
-  scalar_t nk[kL], nv[kL], ng[kL];
-  float na = 0.f, nb = 0.f, np = kEmptyP;
-  auto prefetch = [&](int t0) {
-#pragma unroll
-    for (int i = 0; i < kL; ++i) {
-      const int at = (t0 + i) * C + c;
-      if (live && t0 + i < T) {
-        nk[i] = k[at]; nv[i] = v[at];
-        ng[i] = gy != nullptr ? gy[at] : from_f<scalar_t>(0.f);
-      }
-    }
-    if (live && t0 < T) {
-      const float* s = sv + (size_t)(t0 / kL) * 3 * C;
-      na = s[c]; nb = s[C + c]; np = s[2 * C + c];
-    }
-  };
-  prefetch(last + g * kL);
-  for (int base = last; base >= 0; base -= span) {
+  auto stage = [&](int st, int base) {
+    scalar_t* tk = tiles + st * 3 * rows * kLanes;
+    stage_rows(tk, k, base, log2rows, T, C, c0, vec);
+    stage_rows(tk + rows * kLanes, v, base, log2rows, T, C, c0, vec);
+    if (gy != nullptr) stage_rows(tk + 2 * rows * kLanes, gy, base, log2rows, T, C, c0, vec);
     const int t0 = base + g * kL;
-    float a = na, b = nb, p = np;
-    // Pass A, forward in time: recompute the output's and the update's factors.
-    // Per frame: v, y, the update's factors (packed),
-    // a and b after the decay, and the sources of lambda and of gv.
-    float vr[kL], yr[kL], fr[kL], ar[kL], br[kL], alr[kL], gmr[kL];
+    if (live && t0 < T) {
+      const float* s = sv + (size_t)(t0 / kL) * 3 * C + c;
+      float* d = states + ((st * G + g) * 3) * kLanes + x;
+      cp_async4(d, s);
+      cp_async4(d + kLanes, s + C);
+      cp_async4(d + 2 * kLanes, s + 2 * C);
+    }
+    cp_async_commit();
+  };
+  const int last = (T - 1) >> log2rows << log2rows;
+  stage(0, last);
+  int st = 0;
+  for (int base = last; base >= 0; base -= rows, st ^= 1) {
+    cp_async_wait_all();
+    __syncthreads();  // this stage landed; everyone is done with the other one
+    if (base > 0) stage(st ^ 1, base - rows);
+    const scalar_t* ks = tiles + st * 3 * rows * kLanes + g * kL * kLanes + x;  // frame i: ks[i * 32]
+    const scalar_t* vs = ks + rows * kLanes;
+    const scalar_t* gys = vs + rows * kLanes;
+    const float* s = states + ((st * G + g) * 3) * kLanes + x;
+    const int t0 = base + g * kL;
+    float a = s[0], b = s[kLanes], p = s[2 * kLanes];
+    // Pass A, forward in time: recompute the output's and the update's factors. Per
+    // frame: y, the update's factors (packed), a and b times the update's c1, and the
+    // sources of lambda and of gv.
+    float yr[kL], fr[kL], ar[kL], br[kL], alr[kL], gmr[kL];
 #pragma unroll
     for (int i = 0; i < kL; ++i) {
-      vr[i] = to_f(nv[i]);
       if (live && t0 + i < T) {
-        const float kt = to_f(nk[i]);
+        const float kt = to_f(ks[i * kLanes]), vt = to_f(vs[i * kLanes]);
         float ep, eu;
         rescale(p, u + kt, ep, eu);
         const float rd = __fdividef(1.f, b * ep + eu);
-        yr[i] = (a * ep + vr[i] * eu) * rd;
-        const float gt = to_f(ng[i]) * rd;  // gy / d
-        alr[i] = gt * ep;                   // source of lambda
-        gmr[i] = gt * eu;                   // gv's direct part
+        yr[i] = (a * ep + vt * eu) * rd;
+        const float gt = gy != nullptr ? to_f(gys[i * kLanes]) * rd : 0.f;  // gy / d
+        alr[i] = gt * ep;
+        gmr[i] = gt * eu;
         const float pw = p + w;
         float c1, c2;
         rescale(pw, kt, c1, c2);
         fr[i] = pack_factors(c1, c2, pw >= kt);
         ar[i] = a * c1;
         br[i] = b * c1;
-        a = ar[i] + vr[i] * c2;
+        a = ar[i] + vt * c2;
         b = br[i] + c2;
         p = fmaxf(pw, kt);
       }
     }
-    if (base > 0) prefetch(t0 - span);
     // Pass B, reverse: the row's adjoint map from its end (S = P, lambda/mu local = R),
     // and each output's local part plus its coefficient of the adjoint at the row's end.
     float S = 1.f, ll = 0.f, ml = 0.f, gwl = 0.f, Ga = 0.f, Gb = 0.f;
@@ -358,15 +416,16 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
 #pragma unroll
     for (int i = kL - 1; i >= 0; --i) {
       if (live && t0 + i < T) {
+        const float vt = to_f(vs[i * kLanes]);
         float c1, c2;
         unpack_factors(fr[i], c1, c2);
         gwl = fmaf(ar[i], ll, fmaf(br[i], ml, gwl));
         Ga = fmaf(ar[i], S, Ga);
         Gb = fmaf(br[i], S, Gb);
-        const float du = gmr[i] * (vr[i] - yr[i]);  // du of this frame; also in dk
+        const float du = gmr[i] * (vt - yr[i]);  // this frame's part of du, also in dk
         gu_acc += du;
         gvl[i] = fmaf(c2, ll, gmr[i]);
-        gkl[i] = fmaf(c2, fmaf(vr[i], ll, ml), du);
+        gkl[i] = fmaf(c2, fmaf(vt, ll, ml), du);
         sg[i] = c2 * S;
         ll = fmaf(c1, ll, alr[i]);
         ml = fmaf(c1, ml, -alr[i] * yr[i]);
@@ -383,7 +442,7 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
     for (int i = 0; i < kL; ++i) {
       const int t = t0 + i;
       if (live && t < T) {
-        float gkt = fmaf(sg[i], fmaf(vr[i], le, me), gkl[i]);
+        float gkt = fmaf(sg[i], fmaf(to_f(vs[i * kLanes]), le, me), gkl[i]);
         if (t == amax) gkt += rest;
         gk[t * C + c] = from_f<scalar_t>(gkt);
         gv[t * C + c] = from_f<scalar_t>(fmaf(sg[i], le, gvl[i]));
@@ -465,6 +524,22 @@ int log2_rows(int64_t T, int most) {
   return r;
 }
 
+// Whether rows of these (B, T, C) tensors can be staged with 16-byte copies.
+bool vec_ok(std::initializer_list<const torch::Tensor*> ts, int64_t C) {
+  bool ok = C * ts.begin()[0]->element_size() % 16 == 0;
+  for (auto t : ts) ok = ok && (!t->defined() || reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0);
+  return ok;
+}
+
+// Launches with `smem` bytes of dynamic shared memory, raising the kernel's limit past 48 KiB.
+template <typename Kernel, typename... Args>
+void launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, Args... args) {
+  if (smem > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kernel<<<grid, block, smem, c10::cuda::getCurrentCUDAStream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // time_decay, time_first: (C,) any float dtype; k, v: (B, T, C), T > 0; state: (B, 3, C)
 // float32 or None (empty). Returns y (B, T, C) and the state after the last frame (B, 3, C);
 // with train, also what the backward needs: the state entering every kL frames
@@ -496,19 +571,15 @@ std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch:
   if (B * C > 0) {
     const int log2G = log2_rows(T, kFwdRows);
     const dim3 grid(B * ((C + kLanes - 1) / kLanes)), block(kLanes, 1 << log2G);
-    auto stream = c10::cuda::getCurrentCUDAStream();
+    const bool vec = vec_ok({&k, &v}, C);
     WKV_DISPATCH(k.scalar_type(), "wkv_forward", [&] {
-      auto launch = [&](auto kernel) {
-        kernel<<<grid, block, 0, stream>>>(
-            td.data_ptr<float>(), tf.data_ptr<float>(), k.data_ptr<scalar_t>(),
-            v.data_ptr<scalar_t>(), s_in, y.data_ptr<scalar_t>(), state_out.data_ptr<float>(),
-            train ? amax.data_ptr<int>() : nullptr, train ? saved.data_ptr<float>() : nullptr,
-            (int)T, (int)C, log2G);
-      };
-      if (train) launch(wkv_forward_kernel<scalar_t, true>);
-      else launch(wkv_forward_kernel<scalar_t, false>);
+      const size_t smem = 2 * 2 * (kL << log2G) * kLanes * sizeof(scalar_t);
+      auto kernel = train ? wkv_forward_kernel<scalar_t, true> : wkv_forward_kernel<scalar_t, false>;
+      launch(kernel, grid, block, smem, td.data_ptr<float>(), tf.data_ptr<float>(),
+             k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), s_in, y.data_ptr<scalar_t>(),
+             state_out.data_ptr<float>(), train ? amax.data_ptr<int>() : nullptr,
+             train ? saved.data_ptr<float>() : nullptr, (int)T, (int)C, log2G, vec);
     });
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (train) return {y, state_out, saved, amax};
   return {y, state_out};
@@ -546,17 +617,18 @@ std::vector<torch::Tensor> backward(
   auto parts = torch::empty({2, B, C}, f32);  // gw, gu per batch row
   const int log2G = log2_rows(T, kBwdRows);
   const dim3 grid(B * ((C + kLanes - 1) / kLanes)), block(kLanes, 1 << log2G);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const bool vec = vec_ok({&k, &v, &gy}, C);
   WKV_DISPATCH(k.scalar_type(), "wkv_backward", [&] {
-    wkv_backward_kernel<scalar_t><<<grid, block, 0, stream>>>(
-        td.data_ptr<float>(), tf.data_ptr<float>(), k.data_ptr<scalar_t>(),
-        v.data_ptr<scalar_t>(), s_in, saved.data_ptr<float>(), state_out.data_ptr<float>(),
-        amax.data_ptr<int>(), gy.defined() ? gy.data_ptr<scalar_t>() : nullptr, gs_out,
-        gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(),
-        gstate.defined() ? gstate.data_ptr<float>() : nullptr, parts.data_ptr<float>(),
-        parts.data_ptr<float>() + B * C, (int)T, (int)C, log2G);
+    const size_t smem = (6 * (kL << log2G) * kLanes * sizeof(scalar_t) + 3) / 4 * 4 +
+                        2 * (1 << log2G) * 3 * kLanes * sizeof(float);
+    launch(wkv_backward_kernel<scalar_t>, grid, block, smem, td.data_ptr<float>(),
+           tf.data_ptr<float>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), s_in,
+           saved.data_ptr<float>(), state_out.data_ptr<float>(), amax.data_ptr<int>(),
+           gy.defined() ? gy.data_ptr<scalar_t>() : nullptr, gs_out, gk.data_ptr<scalar_t>(),
+           gv.data_ptr<scalar_t>(), gstate.defined() ? gstate.data_ptr<float>() : nullptr,
+           parts.data_ptr<float>(), parts.data_ptr<float>() + B * C, (int)T, (int)C, log2G, vec);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   wkv_param_grad_kernel<<<(C + 255) / 256, 256, 0, stream>>>(
       td.data_ptr<float>(), parts.data_ptr<float>(), parts.data_ptr<float>() + B * C,
       g_decay.data_ptr<float>(), g_first.data_ptr<float>(), (int)B, (int)C);
