@@ -82,6 +82,16 @@ __device__ __forceinline__ float decay_rate(const float* time_decay, int c) {
   return static_cast<float>(-exp(static_cast<double>(time_decay[c])));
 }
 
+// Runs body(FullRow) for a row of kL frames, else body(PartRow), which checks each frame
+// against n: full rows, nearly all of them, run without per-frame guards.
+struct FullRow { static constexpr bool value = true; };
+struct PartRow { static constexpr bool value = false; };
+template <typename Body>
+__device__ __forceinline__ void rows_of(int n, Body&& body) {
+  if (n == kL) body(FullRow{});
+  else body(PartRow{});
+}
+
 // Asynchronous global -> shared copies (sm_80+): the next super-chunk's frames are
 // staged in shared memory while the current one is computed, with no registers held.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
@@ -214,27 +224,30 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
     const scalar_t* ks = tiles + st * 2 * rows * kLanes + g * kL * kLanes + x;  // frame i: ks[i * 32]
     const scalar_t* vs = ks + rows * kLanes;
     const int t0 = base + g * kL;
+    const int n = live ? max(0, min(kL, T - t0)) : 0;  // this row's frames
     // Row summary from the empty state: max exponent first, then one exp per frame.
     float sp = kEmptyP, sa = 0.f, sb = 0.f;
     int sidx = -1;
+    rows_of(n, [&](auto all) {
 #pragma unroll
-    for (int i = 0; i < kL; ++i) {
-      if (live && t0 + i < T) {
-        const float e = fmaf(static_cast<float>(kL - 1 - i), w, to_f(ks[i * kLanes]));
-        if (e > sp) {
-          sp = e;
-          if (kTrain) sidx = t0 + i;
+      for (int i = 0; i < kL; ++i) {
+        if (all.value || i < n) {
+          const float e = fmaf(static_cast<float>(kL - 1 - i), w, to_f(ks[i * kLanes]));
+          if (e > sp) {
+            sp = e;
+            if (kTrain) sidx = t0 + i;
+          }
         }
       }
-    }
 #pragma unroll
-    for (int i = 0; i < kL; ++i) {
-      if (live && t0 + i < T) {
-        const float e = __expf(fmaf(static_cast<float>(kL - 1 - i), w, to_f(ks[i * kLanes])) - sp);
-        sa = fmaf(e, to_f(vs[i * kLanes]), sa);
-        sb += e;
+      for (int i = 0; i < kL; ++i) {
+        if (all.value || i < n) {
+          const float e = __expf(fmaf(static_cast<float>(kL - 1 - i), w, to_f(ks[i * kLanes])) - sp);
+          sa = fmaf(e, to_f(vs[i * kLanes]), sa);
+          sb += e;
+        }
       }
-    }
+    });
     sh.a[g][x] = sa; sh.b[g][x] = sb; sh.p[g][x] = sp;
     if (kTrain) sh.idx[g][x] = sidx;
     __syncthreads();
@@ -242,30 +255,32 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
     __syncthreads();
     float a = sh.a[g][x], b = sh.b[g][x], p = sh.p[g][x];
     int idx = kTrain ? sh.idx[g][x] : 0;
-    if (kTrain && live && t0 < T) {
+    if (kTrain && n > 0) {
       float* sv = saved + ((size_t)bi * n_saved + t0 / kL) * 3 * C;
       sv[c] = a; sv[C + c] = b; sv[2 * C + c] = p;
     }
+    scalar_t* yr = y + t0 * C + c;
+    rows_of(n, [&](auto all) {
 #pragma unroll
-    for (int i = 0; i < kL; ++i) {
-      const int t = t0 + i;
-      if (live && t < T) {
-        const float kt = to_f(ks[i * kLanes]), vt = to_f(vs[i * kLanes]);
-        float c1, c2;
-        rescale(p, u + kt, c1, c2);
-        y[t * C + c] = from_f<scalar_t>(__fdividef(a * c1 + vt * c2, b * c1 + c2));
-        const float pw = p + w;
-        rescale(pw, kt, c1, c2);
-        a = a * c1 + vt * c2;
-        b = b * c1 + c2;
-        if (kTrain && kt > pw) idx = t;
-        p = fmaxf(pw, kt);
-        if (t == T - 1) {
-          float* so = state_out + (size_t)bi * 3 * C;
-          so[c] = a; so[C + c] = b; so[2 * C + c] = p;
-          if (kTrain) argmax_out[(size_t)bi * C + c] = idx;
+      for (int i = 0; i < kL; ++i) {
+        if (all.value || i < n) {
+          const float kt = to_f(ks[i * kLanes]), vt = to_f(vs[i * kLanes]);
+          float c1, c2;
+          rescale(p, u + kt, c1, c2);
+          yr[i * C] = from_f<scalar_t>(__fdividef(a * c1 + vt * c2, b * c1 + c2));
+          const float pw = p + w;
+          rescale(pw, kt, c1, c2);
+          a = a * c1 + vt * c2;
+          b = b * c1 + c2;
+          if (kTrain && kt > pw) idx = t0 + i;
+          p = fmaxf(pw, kt);
         }
       }
+    });
+    if (n > 0 && t0 + n == T) {
+      float* so = state_out + (size_t)bi * 3 * C;
+      so[c] = a; so[C + c] = b; so[2 * C + c] = p;
+      if (kTrain) argmax_out[(size_t)bi * C + c] = idx;
     }
   }
 }
@@ -382,72 +397,80 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
     const scalar_t* gys = vs + rows * kLanes;
     const float* s = states + ((st * G + g) * 3) * kLanes + x;
     const int t0 = base + g * kL;
+    const int n = live ? max(0, min(kL, T - t0)) : 0;  // this row's frames
     float a = s[0], b = s[kLanes], p = s[2 * kLanes];
     // Pass A, forward in time: recompute the output's and the update's factors. Per
     // frame: y, the update's factors (packed), a and b times the update's c1, and the
     // sources of lambda and of gv.
     float yr[kL], fr[kL], ar[kL], br[kL], alr[kL], gmr[kL];
+    rows_of(n, [&](auto all) {
 #pragma unroll
-    for (int i = 0; i < kL; ++i) {
-      if (live && t0 + i < T) {
-        const float kt = to_f(ks[i * kLanes]), vt = to_f(vs[i * kLanes]);
-        float ep, eu;
-        rescale(p, u + kt, ep, eu);
-        const float rd = __fdividef(1.f, b * ep + eu);
-        yr[i] = (a * ep + vt * eu) * rd;
-        const float gt = gy != nullptr ? to_f(gys[i * kLanes]) * rd : 0.f;  // gy / d
-        alr[i] = gt * ep;
-        gmr[i] = gt * eu;
-        const float pw = p + w;
-        float c1, c2;
-        rescale(pw, kt, c1, c2);
-        fr[i] = pack_factors(c1, c2, pw >= kt);
-        ar[i] = a * c1;
-        br[i] = b * c1;
-        a = ar[i] + vt * c2;
-        b = br[i] + c2;
-        p = fmaxf(pw, kt);
+      for (int i = 0; i < kL; ++i) {
+        if (all.value || i < n) {
+          const float kt = to_f(ks[i * kLanes]), vt = to_f(vs[i * kLanes]);
+          float ep, eu;
+          rescale(p, u + kt, ep, eu);
+          const float rd = __fdividef(1.f, b * ep + eu);
+          yr[i] = (a * ep + vt * eu) * rd;
+          const float gt = gy != nullptr ? to_f(gys[i * kLanes]) * rd : 0.f;  // gy / d
+          alr[i] = gt * ep;
+          gmr[i] = gt * eu;
+          const float pw = p + w;
+          float c1, c2;
+          rescale(pw, kt, c1, c2);
+          fr[i] = pack_factors(c1, c2, pw >= kt);
+          ar[i] = a * c1;
+          br[i] = b * c1;
+          a = ar[i] + vt * c2;
+          b = br[i] + c2;
+          p = fmaxf(pw, kt);
+        }
       }
-    }
+    });
     // Pass B, reverse: the row's adjoint map from its end (S = P, lambda/mu local = R),
     // and each output's local part plus its coefficient of the adjoint at the row's end.
     float S = 1.f, ll = 0.f, ml = 0.f, gwl = 0.f, Ga = 0.f, Gb = 0.f;
     float gkl[kL], gvl[kL], sg[kL];
+    rows_of(n, [&](auto all) {
 #pragma unroll
-    for (int i = kL - 1; i >= 0; --i) {
-      if (live && t0 + i < T) {
-        const float vt = to_f(vs[i * kLanes]);
-        float c1, c2;
-        unpack_factors(fr[i], c1, c2);
-        gwl = fmaf(ar[i], ll, fmaf(br[i], ml, gwl));
-        Ga = fmaf(ar[i], S, Ga);
-        Gb = fmaf(br[i], S, Gb);
-        const float du = gmr[i] * (vt - yr[i]);  // this frame's part of du, also in dk
-        gu_acc += du;
-        gvl[i] = fmaf(c2, ll, gmr[i]);
-        gkl[i] = fmaf(c2, fmaf(vt, ll, ml), du);
-        sg[i] = c2 * S;
-        ll = fmaf(c1, ll, alr[i]);
-        ml = fmaf(c1, ml, -alr[i] * yr[i]);
-        S *= c1;
+      for (int i = kL - 1; i >= 0; --i) {
+        if (all.value || i < n) {
+          const float vt = to_f(vs[i * kLanes]);
+          float c1, c2;
+          unpack_factors(fr[i], c1, c2);
+          gwl = fmaf(ar[i], ll, fmaf(br[i], ml, gwl));
+          Ga = fmaf(ar[i], S, Ga);
+          Gb = fmaf(br[i], S, Gb);
+          const float du = gmr[i] * (vt - yr[i]);  // this frame's part of du, also in dk
+          gu_acc += du;
+          gvl[i] = fmaf(c2, ll, gmr[i]);
+          gkl[i] = fmaf(c2, fmaf(vt, ll, ml), du);
+          sg[i] = c2 * S;
+          ll = fmaf(c1, ll, alr[i]);
+          ml = fmaf(c1, ml, -alr[i] * yr[i]);
+          S *= c1;
+        }
       }
-    }
+    });
     sh.P[g][x] = S; sh.rl[g][x] = ll; sh.rm[g][x] = ml;
     __syncthreads();
     backward_scan(sh, G, gs, xs, cl, cm);
     __syncthreads();
     const float le = sh.rl[g][x], me = sh.rm[g][x];  // adjoint at this row's end
     gw_acc += fmaf(le, Ga, fmaf(me, Gb, gwl));
+    scalar_t* gkr = gk + t0 * C + c;
+    scalar_t* gvr = gv + t0 * C + c;
+    rows_of(n, [&](auto all) {
 #pragma unroll
-    for (int i = 0; i < kL; ++i) {
-      const int t = t0 + i;
-      if (live && t < T) {
-        float gkt = fmaf(sg[i], fmaf(to_f(vs[i * kLanes]), le, me), gkl[i]);
-        if (t == amax) gkt += rest;
-        gk[t * C + c] = from_f<scalar_t>(gkt);
-        gv[t * C + c] = from_f<scalar_t>(fmaf(sg[i], le, gvl[i]));
+      for (int i = 0; i < kL; ++i) {
+        if (all.value || i < n) {
+          float gkt = fmaf(sg[i], fmaf(to_f(vs[i * kLanes]), le, me), gkl[i]);
+          if (t0 + i == amax) gkt += rest;
+          gkr[i * C] = from_f<scalar_t>(gkt);
+          gvr[i * C] = from_f<scalar_t>(fmaf(sg[i], le, gvl[i]));
+        }
       }
-    }
+    });
     if (t0 == 0 && live && gstate_in != nullptr) {
       // Adjoint at frame 0, scaled by the initial p, is the gradient of the initial (a, b).
       const float l0 = fmaf(S, le, ll), m0 = fmaf(S, me, ml);
