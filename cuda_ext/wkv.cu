@@ -577,7 +577,8 @@ std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch:
   const at::cuda::CUDAGuard guard(k_in.device());
   const int64_t B = k_in.size(0), T = k_in.size(1), C = k_in.size(2);
   TORCH_CHECK(T > 0, "wkv: T must be positive");
-  TORCH_CHECK(T * C < (int64_t(1) << 31) && C < (int64_t(1) << 30), "wkv: T*C too large");
+  // Frame offsets t*C are int, t up to T plus one super-chunk.
+  TORCH_CHECK((T + kL * kFwdRows) * C < (int64_t(1) << 31), "wkv: T*C too large");
   const auto td = float_param(time_decay, "time_decay", C);
   const auto tf = float_param(time_first, "time_first", C);
   const auto k = contiguous(k_in), v = contiguous(v_in);
