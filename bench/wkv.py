@@ -1,12 +1,14 @@
 """WKV benchmark on one GPU: ours vs ESPnet's CUDA kernel vs fla's fused_recurrent_rwkv4.
 
-    PYTHONPATH=. python bench/wkv.py --espnet-src .peers/espnet_wkv
+    PYTHONPATH=. python bench/wkv.py --espnet-src .peers/espnet_wkv [--profile]
 
 --espnet-src: a folder holding ESPnet's wkv_op.cpp and wkv_cuda.cu (from
 espnet2/asr_transducer/decoder/modules/rwkv/cuda/), built here with Tmax set to
 the longest T. fla is imported if installed. Prints one table of median times
 (ms), the copy-bandwidth floor measured in the same run and the ratios, then
 the streaming step (one chunk with state) against an empty kernel launch.
+--profile first prints the GPU time of each of our kernels (torch profiler) for
+bf16 fwd+bwd at B16 T1024 C512.
 """
 import argparse
 import time
@@ -124,12 +126,32 @@ def gpu_us(fn, n=2000):
     return start.elapsed_time(end) / n * 1e3
 
 
+def profile(B=16, T=1024, C=512, dtype=torch.bfloat16, reps=20):
+    """Mean GPU time per call of each kernel in our fwd+bwd, from the torch profiler."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    inputs = [make(B, T, C, dtype, True)() for _ in range(reps)]
+    ours(*inputs[0])
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for args in inputs[1:]:
+            ours(*args)
+        torch.cuda.synchronize()
+    print(f"# kernels of fwd+bwd, B{B} T{T} C{C} {str(dtype)[6:]}, mean us per call over {reps - 1} calls")
+    for event in sorted(prof.key_averages(), key=lambda e: -e.device_time_total):
+        if event.device_time_total > 0:
+            print(f"#   {event.device_time_total / (reps - 1):8.1f}  {event.key[:90]}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--espnet-src", default=None, help="folder with ESPnet's wkv_op.cpp, wkv_cuda.cu")
+    parser.add_argument("--profile", action="store_true", help="print our kernels' GPU times first")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    if args.profile:
+        profile()
     bw = copy_bandwidth()
     print(f"# copy bandwidth {bw / 1e9:.3f} TB/s (device-to-device, read+write)")
     espnet = load_espnet(args.espnet_src, max(T for _, T, _ in SHAPES)) if args.espnet_src else None
@@ -174,10 +196,9 @@ def main():
             C = 512
             td, tf, k, v, _ = make(B, T, C, torch.float32, False)()
             state = empty_state(B, C, "cuda")
-            w, u = -torch.exp(td), tf
             with torch.no_grad():
                 h = host_us(lambda: wkv(td, tf, k, v, state))
-                g = gpu_us(lambda: ext.forward(w, u, k, v, state))
+                g = gpu_us(lambda: ext.forward(td, tf, k, v, state, False))
             print(f"| {B} | {T} | {C} | {h:.1f} | {h / empty_host:.2f} | {g:.1f} | {g / empty_gpu:.2f} |")
 
 

@@ -1,19 +1,32 @@
 // RWKV-4 WKV (NOTES.md §1): forward and backward with a streaming (a, b, p) state.
 //
-// Parallel over time by the associativity of the state update: a block owns
-// 32 channels of one batch row and walks time in super-chunks of G*L frames.
-// In a super-chunk each of the G thread rows takes L consecutive frames,
-// summarises them from the empty state, the G summaries are combined in
-// shared memory (each row folds the rows before it into the carried state),
-// and each row then produces its outputs from its entering state. k and v are
-// read once; the state entering every super-chunk is saved (O(B*C*T/(G*L)))
-// so the backward can recompute per-frame states without an fp32 dump.
+// Parallel over time by the associativity of the state update (RWKV paper,
+// arXiv 2305.13048): a block owns 32 channels (one per lane) of one batch row
+// and walks time in super-chunks of G*kL frames, G thread rows of kL frames
+// each. A row summarises its frames from the empty state, the G summaries of a
+// channel are scanned by G lanes of one warp with shuffles (Hillis-Steele),
+// folded into the carry from the previous super-chunk, and each row then
+// produces its outputs from its entering state. k and v are read once, the
+// next super-chunk's are loaded while the current one is computed. In training
+// the state entering every row (every kL frames) is saved, so the backward
+// needs no forward scan.
 //
-// The backward walks super-chunks in reverse time: it recomputes the forward
-// states as above, then runs the reverse scan of the adjoint
-// lambda_t = dL/dA_t (and mu_t = dL/dB_t), lambda_t = gy_t/den_t + e^w lambda_{t+1},
-// with the same summary/combine scheme. All sums are kept scaled by a running
-// maximum exponent, so |k| of any size stays finite.
+// All sums are kept scaled by their largest exponent (the running max p of
+// RWKV-LM's kernel), so |k| of any size stays finite; each rescale needs one
+// exp, as one of the two factors is e^0.
+//
+// Backward: with the adjoints Lambda_t = dL/dA_t, M_t = dL/dB_t of the true
+// sums A_t = a_t e^{p_t}, B_t = b_t e^{p_t}, the scaled adjoints
+// lambda_t = Lambda_t e^{p_t}, mu_t = M_t e^{p_t} obey a linear recurrence
+// whose coefficients are the forward's own rescale factors:
+//   lambda_t = c1_t lambda_{t+1} + (gy_t / d_t) e^{p_t - q_t},
+//   mu_t     = c1_t mu_{t+1}     - (gy_t / d_t) e^{p_t - q_t} y_t,
+// c1_t = e^{p_t + w - p_{t+1}} <= 1, d_t, q_t the output's scaled denominator
+// and max exponent. They stay bounded (q_s >= p_t + (s-t) w for s >= t), the
+// reverse pass needs no exp, and chunks combine as affine maps (P, R):
+// lambda_start = R + P lambda_end. Per row, everything that depends on the
+// adjoint at the row's end is split into a local part and a coefficient of
+// (lambda_end, mu_end), so the reverse pass runs once before the scan.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -21,234 +34,450 @@
 namespace {
 
 constexpr float kEmptyP = -1e38f;  // espnet_rwkv.ops.wkv.EMPTY_P
-constexpr int kChannels = 32;      // channels per block: one warp row
-constexpr int kL = 8;              // frames per thread
-constexpr int kG = 8;              // thread rows (time groups) per block
-constexpr int kSpan = kL * kG;     // frames per super-chunk
+constexpr int kLanes = 32;         // channels per block, one per lane
+constexpr int kLog2L = 3;
+constexpr int kL = 1 << kLog2L;    // frames per thread row; states are saved every kL frames
+constexpr int kFwdRows = 16;       // most thread rows of the forward (512 threads, 2 blocks/SM)
+constexpr int kBwdRows = 8;        // of the backward (more registers per frame)
+constexpr unsigned kFull = 0xffffffffu;
 
 template <typename T> __device__ __forceinline__ float to_f(T x) { return static_cast<float>(x); }
 template <typename T> __device__ __forceinline__ T from_f(float x) { return static_cast<T>(x); }
 
-// (a, b, p) after n more decays of w, then plus a summary (sa, sb, sp).
+// c1 = e^{x1 - m}, c2 = e^{x2 - m} with m = max(x1, x2): one of them is 1, so one exp.
+__device__ __forceinline__ void rescale(float x1, float x2, float& c1, float& c2) {
+  const float d = x1 - x2;
+  const float e = __expf(-fabsf(d));
+  c1 = d >= 0.f ? 1.f : e;
+  c2 = d >= 0.f ? e : 1.f;
+}
+
+// The update's two factors in one register: the one that is not 1, with the sign bit
+// set when it is c1 (bit operations, so fast math cannot drop the sign of a zero).
+__device__ __forceinline__ float pack_factors(float c1, float c2, bool keep) {
+  return keep ? c2 : __int_as_float(__float_as_int(c1) | 0x80000000);
+}
+__device__ __forceinline__ void unpack_factors(float f, float& c1, float& c2) {
+  const int bits = __float_as_int(f);
+  const float m = __int_as_float(bits & 0x7fffffff);
+  c1 = bits >= 0 ? 1.f : m;
+  c2 = bits >= 0 ? m : 1.f;
+}
+
+// (a, b, p, idx) <- (a, b, p) decayed by `decay`, plus the later (sa, sb, sp, sidx).
+// idx: frame that set the max exponent; ties keep the earlier one.
 __device__ __forceinline__ void merge(float& a, float& b, float& p, int& idx, float decay,
                                       float sa, float sb, float sp, int sidx) {
   const float pd = p + decay;
-  const float np = fmaxf(pd, sp);
-  const float c1 = __expf(pd - np);
-  const float c2 = __expf(sp - np);
+  float c1, c2;
+  rescale(pd, sp, c1, c2);
   a = a * c1 + sa * c2;
   b = b * c1 + sb * c2;
   if (sp > pd) idx = sidx;
-  p = np;
+  p = fmaxf(pd, sp);
 }
 
-// One frame into the state: (a, b, p) <- e^w (a, b, p) + e^k (v, 1).
-__device__ __forceinline__ void step(float& a, float& b, float& p, int& idx, float w,
-                                     float k, float v, int t) {
-  const float pd = p + w;
-  const float np = fmaxf(pd, k);
-  const float c1 = __expf(pd - np);
-  const float c2 = __expf(k - np);
-  a = a * c1 + v * c2;
-  b = b * c1 + c2;
-  if (k > pd) idx = t;
-  p = np;
+// w = -exp(time_decay), accurately: every exponent is a multiple of w.
+__device__ __forceinline__ float decay_rate(const float* time_decay, int c) {
+  return static_cast<float>(-exp(static_cast<double>(time_decay[c])));
 }
 
-struct Shared {
-  float a[kG][kChannels], b[kG][kChannels], p[kG][kChannels];
-  int idx[kG][kChannels];
-};
+// Runs body(FullRow) for a row of kL frames, else body(PartRow), which checks each frame
+// against n: full rows, nearly all of them, run without per-frame guards.
+struct FullRow { static constexpr bool value = true; };
+struct PartRow { static constexpr bool value = false; };
+template <typename Body>
+__device__ __forceinline__ void rows_of(int n, Body&& body) {
+  if (n == kL) body(FullRow{});
+  else body(PartRow{});
+}
 
-// Loads this thread's frames and leaves in (a, b, p, idx) the state entering
-// them; carry (the state entering the super-chunk) is advanced past it.
+// Asynchronous global -> shared copies (sm_80+): the next super-chunk's frames are
+// staged in shared memory while the current one is computed, with no registers held.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+      static_cast<unsigned>(__cvta_generic_to_shared(dst))), "l"(src));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(
+      static_cast<unsigned>(__cvta_generic_to_shared(dst))), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+// Stages frames [base, base + 2^log2rows) of channels [c0, c0 + 32) of one (T, C) tensor
+// into dst[rows][32]. vec (C a multiple of 16 bytes, 16-byte aligned data): 16-byte
+// copies spread over the block; else each thread copies its own frames (rows g*kL..,
+// channel x) with plain loads. Frames past T and channels past C are left as they are.
 template <typename scalar_t>
-__device__ __forceinline__ void forward_enter(
-    Shared& sh, const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
-    int T, int C, int c, bool live, int t0, float w,
-    float (&kr)[kL], float (&vr)[kL], float& ca, float& cb, float& cp, int& cidx,
-    float& a, float& b, float& p, int& idx) {
-  const int g = threadIdx.y, x = threadIdx.x;
-  float sa = 0.f, sb = 0.f, sp = kEmptyP;
-  int sidx = -1;
+__device__ __forceinline__ void stage_rows(scalar_t* dst, const scalar_t* src, int base,
+                                           int log2rows, int T, int C, int c0, bool vec) {
+  if (vec) {
+    constexpr int kPer = 16 / sizeof(scalar_t);                      // elements per copy
+    constexpr int kLog2Copies = sizeof(scalar_t) == 4 ? 3 : 2;        // copies per row
+    const int tid = threadIdx.y * kLanes + threadIdx.x, n = blockDim.y * kLanes;
+    for (int j = tid; j < (1 << (log2rows + kLog2Copies)); j += n) {
+      const int r = j >> kLog2Copies, q = (j & ((1 << kLog2Copies) - 1)) * kPer;
+      if (base + r < T && c0 + q < C)
+        cp_async16(dst + r * kLanes + q, src + (base + r) * C + c0 + q);
+    }
+  } else {
+    const int c = c0 + threadIdx.x;
 #pragma unroll
-  for (int i = 0; i < kL; ++i) {
-    const int t = t0 + i;
-    if (live && t < T) {
-      kr[i] = to_f(k[(size_t)t * C + c]);
-      vr[i] = to_f(v[(size_t)t * C + c]);
-      step(sa, sb, sp, sidx, w, kr[i], vr[i], t);
+    for (int i = 0; i < kL; ++i) {
+      const int r = threadIdx.y * kL + i;
+      if (base + r < T && c < C) dst[r * kLanes + threadIdx.x] = src[(base + r) * C + c];
     }
   }
-  sh.a[g][x] = sa; sh.b[g][x] = sb; sh.p[g][x] = sp; sh.idx[g][x] = sidx;
-  __syncthreads();
-  const int base = t0 - g * kL;
-  for (int j = 0; j < kG; ++j) {
-    if (j == g) { a = ca; b = cb; p = cp; idx = cidx; }
-    const int n = max(0, min(kL, T - (base + j * kL)));  // real frames of row j
-    merge(ca, cb, cp, cidx, n * w, sh.a[j][x], sh.b[j][x], sh.p[j][x], sh.idx[j][x]);
-  }
-  __syncthreads();
 }
 
-template <typename scalar_t>
-__global__ void __launch_bounds__(kChannels * kG) wkv_forward_kernel(
-    const float* __restrict__ w_, const float* __restrict__ u_,
+// Row summaries (a, b, p, idx) of one super-chunk, then per row the state entering it:
+// written back in place. Run by every thread of the block in the scan role: warp g,
+// lane x scans channel xs = g*(32/G) + x/G, row gs = x%G. carry: the state entering
+// the super-chunk for channel xs, advanced past it.
+struct FwdShared {
+  float a[kFwdRows][kLanes + 1], b[kFwdRows][kLanes + 1], p[kFwdRows][kLanes + 1];
+  int idx[kFwdRows][kLanes + 1];
+};
+
+template <bool kArgmax>
+__device__ __forceinline__ void forward_scan(FwdShared& sh, int G, int gs, int xs, float w,
+                                             float& ca, float& cb, float& cp, int& ci) {
+  float ra = sh.a[gs][xs], rb = sh.b[gs][xs], rp = sh.p[gs][xs];
+  int ri = kArgmax ? sh.idx[gs][xs] : 0;
+  for (int off = 1; off < G; off <<= 1) {  // inclusive scan over rows
+    float oa = __shfl_up_sync(kFull, ra, off, G), ob = __shfl_up_sync(kFull, rb, off, G);
+    float op = __shfl_up_sync(kFull, rp, off, G);
+    int oi = kArgmax ? __shfl_up_sync(kFull, ri, off, G) : 0;
+    if (gs >= off) {
+      merge(oa, ob, op, oi, static_cast<float>(off * kL) * w, ra, rb, rp, ri);
+      ra = oa; rb = ob; rp = op; ri = oi;
+    }
+  }
+  // Rows 0..gs-1 end where row gs starts; the carry has decayed over them.
+  float ea = __shfl_up_sync(kFull, ra, 1, G), eb = __shfl_up_sync(kFull, rb, 1, G);
+  float ep = __shfl_up_sync(kFull, rp, 1, G);
+  int ei = kArgmax ? __shfl_up_sync(kFull, ri, 1, G) : 0;
+  float na = ca, nb = cb, np = cp;
+  int ni = ci;
+  if (gs > 0) merge(na, nb, np, ni, static_cast<float>(gs * kL) * w, ea, eb, ep, ei);
+  sh.a[gs][xs] = na; sh.b[gs][xs] = nb; sh.p[gs][xs] = np;
+  if (kArgmax) sh.idx[gs][xs] = ni;
+  const float ta = __shfl_sync(kFull, ra, G - 1, G), tb = __shfl_sync(kFull, rb, G - 1, G);
+  const float tp = __shfl_sync(kFull, rp, G - 1, G);
+  const int ti = kArgmax ? __shfl_sync(kFull, ri, G - 1, G) : 0;
+  merge(ca, cb, cp, ci, static_cast<float>(G * kL) * w, ta, tb, tp, ti);
+}
+
+// Grid: B * ceil(C/32) blocks; block (32, G), G a power of two <= kFwdRows; dynamic
+// shared memory: two stages of k and v tiles, 2 * 2 * G*kL * 32 elements.
+// kTrain: also save the state entering every row ((B, ceil(T/kL), 3, C)) and the
+// frame that set the final max exponent (argmax, (B, C); -1: the initial p).
+template <typename scalar_t, bool kTrain>
+__global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
+    const float* __restrict__ time_decay, const float* __restrict__ time_first,
     const scalar_t* __restrict__ k_, const scalar_t* __restrict__ v_,
     const float* __restrict__ state_in, scalar_t* __restrict__ y_,
-    float* __restrict__ state_out, int* __restrict__ argmax_out,
-    float* __restrict__ saved, int T, int C, int n_span) {
-  __shared__ Shared sh;
-  const int bi = blockIdx.y, g = threadIdx.y;
-  const int c = blockIdx.x * kChannels + threadIdx.x;
+    float* __restrict__ state_out, int* __restrict__ argmax_out, float* __restrict__ saved,
+    int T, int C, int log2G, bool vec) {
+  __shared__ FwdShared sh;
+  extern __shared__ float4 dyn[];
+  scalar_t* tiles = reinterpret_cast<scalar_t*>(dyn);
+  const int G = 1 << log2G, g = threadIdx.y, x = threadIdx.x;
+  const int log2rows = log2G + kLog2L, rows = 1 << log2rows;
+  const int n_cb = (C + kLanes - 1) / kLanes;
+  const int bi = blockIdx.x / n_cb, c0 = (blockIdx.x % n_cb) * kLanes;
+  const int c = c0 + x;
   const bool live = c < C;
-  const int cc = live ? c : 0;
-  const float w = w_[cc], u = u_[cc];
+  const float w = decay_rate(time_decay, live ? c : 0), u = time_first[live ? c : 0];
   const size_t off = (size_t)bi * T * C;
   const scalar_t* k = k_ + off;
   const scalar_t* v = v_ + off;
   scalar_t* y = y_ + off;
-  const float* s0 = state_in + (size_t)bi * 3 * C;
-  float ca = s0[cc], cb = s0[C + cc], cp = s0[2 * C + cc];
-  int cidx = -1;
-  for (int s = 0; s < n_span; ++s) {
-    if (g == 0 && live) {
-      float* sv = saved + ((size_t)bi * n_span + s) * 3 * C;
-      sv[c] = ca; sv[C + c] = cb; sv[2 * C + c] = cp;
-    }
-    const int t0 = s * kSpan + g * kL;
-    float kr[kL], vr[kL], a, b, p;
-    int idx;
-    forward_enter(sh, k, v, T, C, c, live, t0, w, kr, vr, ca, cb, cp, cidx, a, b, p, idx);
+  const int n_saved = (T + kL - 1) / kL;
+
+  // Scan role: this lane's channel and row, and the carry of that channel.
+  const int gs = x & (G - 1), xs = (g << (5 - log2G)) + (x >> log2G);
+  const int cs = min(c0 + xs, C - 1);
+  const float ws = decay_rate(time_decay, cs);
+  float ca = 0.f, cb = 0.f, cp = kEmptyP;
+  int ci = -1;
+  if (state_in != nullptr) {
+    const float* s0 = state_in + (size_t)bi * 3 * C;
+    ca = s0[cs]; cb = s0[C + cs]; cp = s0[2 * C + cs];
+  }
+
+  auto stage = [&](int st, int base) {
+    scalar_t* tk = tiles + st * 2 * rows * kLanes;
+    stage_rows(tk, k, base, log2rows, T, C, c0, vec);
+    stage_rows(tk + rows * kLanes, v, base, log2rows, T, C, c0, vec);
+    cp_async_commit();
+  };
+  stage(0, 0);
+  int st = 0;
+  for (int base = 0; base < T; base += rows, st ^= 1) {
+    cp_async_wait_all();
+    __syncthreads();  // this stage landed; everyone is done with the other one
+    if (base + rows < T) stage(st ^ 1, base + rows);
+    const scalar_t* ks = tiles + st * 2 * rows * kLanes + g * kL * kLanes + x;  // frame i: ks[i * 32]
+    const scalar_t* vs = ks + rows * kLanes;
+    const int t0 = base + g * kL;
+    const int n = live ? max(0, min(kL, T - t0)) : 0;  // this row's frames
+    // Row summary from the empty state: max exponent first, then one exp per frame.
+    float sp = kEmptyP, sa = 0.f, sb = 0.f;
+    int sidx = -1;
+    rows_of(n, [&](auto all) {
 #pragma unroll
-    for (int i = 0; i < kL; ++i) {
-      const int t = t0 + i;
-      if (live && t < T) {
-        const float e = u + kr[i];
-        const float q = fmaxf(p, e);
-        const float c1 = __expf(p - q), c2 = __expf(e - q);
-        y[(size_t)t * C + c] = from_f<scalar_t>((a * c1 + vr[i] * c2) / (b * c1 + c2));
-        step(a, b, p, idx, w, kr[i], vr[i], t);
-        if (t == T - 1) {
-          float* so = state_out + (size_t)bi * 3 * C;
-          so[c] = a; so[C + c] = b; so[2 * C + c] = p;
-          argmax_out[(size_t)bi * C + c] = idx;
+      for (int i = 0; i < kL; ++i) {
+        if (all.value || i < n) {
+          const float e = fmaf(static_cast<float>(kL - 1 - i), w, to_f(ks[i * kLanes]));
+          if (e > sp) {
+            sp = e;
+            if (kTrain) sidx = t0 + i;
+          }
         }
       }
+#pragma unroll
+      for (int i = 0; i < kL; ++i) {
+        if (all.value || i < n) {
+          const float e = __expf(fmaf(static_cast<float>(kL - 1 - i), w, to_f(ks[i * kLanes])) - sp);
+          sa = fmaf(e, to_f(vs[i * kLanes]), sa);
+          sb += e;
+        }
+      }
+    });
+    sh.a[g][x] = sa; sh.b[g][x] = sb; sh.p[g][x] = sp;
+    if (kTrain) sh.idx[g][x] = sidx;
+    __syncthreads();
+    forward_scan<kTrain>(sh, G, gs, xs, ws, ca, cb, cp, ci);
+    __syncthreads();
+    float a = sh.a[g][x], b = sh.b[g][x], p = sh.p[g][x];
+    int idx = kTrain ? sh.idx[g][x] : 0;
+    if (kTrain && n > 0) {
+      float* sv = saved + ((size_t)bi * n_saved + t0 / kL) * 3 * C;
+      sv[c] = a; sv[C + c] = b; sv[2 * C + c] = p;
+    }
+    scalar_t* yr = y + t0 * C + c;
+    rows_of(n, [&](auto all) {
+#pragma unroll
+      for (int i = 0; i < kL; ++i) {
+        if (all.value || i < n) {
+          const float kt = to_f(ks[i * kLanes]), vt = to_f(vs[i * kLanes]);
+          float c1, c2;
+          rescale(p, u + kt, c1, c2);
+          yr[i * C] = from_f<scalar_t>(__fdividef(a * c1 + vt * c2, b * c1 + c2));
+          const float pw = p + w;
+          rescale(pw, kt, c1, c2);
+          a = a * c1 + vt * c2;
+          b = b * c1 + c2;
+          if (kTrain && kt > pw) idx = t0 + i;
+          p = fmaxf(pw, kt);
+        }
+      }
+    });
+    if (n > 0 && t0 + n == T) {
+      float* so = state_out + (size_t)bi * 3 * C;
+      so[c] = a; so[C + c] = b; so[2 * C + c] = p;
+      if (kTrain) argmax_out[(size_t)bi * C + c] = idx;
     }
   }
 }
 
+// Reverse scan of the rows' adjoint maps (P, R_lambda, R_mu), lambda_start = R + P lambda_end,
+// in the scan role as forward_scan. Leaves in shared memory the adjoint at the end of
+// each row; carry: the adjoint at the end of the super-chunk, moved to its start.
+struct BwdShared {
+  float P[kBwdRows][kLanes + 1], rl[kBwdRows][kLanes + 1], rm[kBwdRows][kLanes + 1];
+};
+
+__device__ __forceinline__ void backward_scan(BwdShared& sh, int G, int gs, int xs,
+                                              float& cl, float& cm) {
+  float P = sh.P[gs][xs], rl = sh.rl[gs][xs], rm = sh.rm[gs][xs];
+  for (int off = 1; off < G; off <<= 1) {  // inclusive over rows gs..G-1
+    const float oP = __shfl_down_sync(kFull, P, off, G), ol = __shfl_down_sync(kFull, rl, off, G);
+    const float om = __shfl_down_sync(kFull, rm, off, G);
+    if (gs + off < G) {
+      rl = fmaf(P, ol, rl);
+      rm = fmaf(P, om, rm);
+      P *= oP;
+    }
+  }
+  float eP = __shfl_down_sync(kFull, P, 1, G), el = __shfl_down_sync(kFull, rl, 1, G);
+  float em = __shfl_down_sync(kFull, rm, 1, G);
+  if (gs == G - 1) { eP = 1.f; el = 0.f; em = 0.f; }
+  sh.rl[gs][xs] = fmaf(eP, cl, el);
+  sh.rm[gs][xs] = fmaf(eP, cm, em);
+  const float tP = __shfl_sync(kFull, P, 0, G), tl = __shfl_sync(kFull, rl, 0, G);
+  const float tm = __shfl_sync(kFull, rm, 0, G);
+  cl = fmaf(tP, cl, tl);
+  cm = fmaf(tP, cm, tm);
+}
+
+// Grid and block as the forward, G <= kBwdRows; super-chunks in reverse time. Dynamic
+// shared memory: two stages of k, v, gy tiles (3 * G*kL * 32 elements) and of the rows'
+// saved states (G * 3 * 32 floats). gy, gstate_out, state_in, gstate_in may be null
+// (zero cotangent / empty initial state). gw_part, gu_part (B, C): this batch row's
+// gradient of w and u.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kChannels * kG) wkv_backward_kernel(
-    const float* __restrict__ w_, const float* __restrict__ u_,
+__global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
+    const float* __restrict__ time_decay, const float* __restrict__ time_first,
     const scalar_t* __restrict__ k_, const scalar_t* __restrict__ v_,
     const float* __restrict__ state_in, const float* __restrict__ saved,
     const float* __restrict__ state_out, const int* __restrict__ argmax,
     const scalar_t* __restrict__ gy_, const float* __restrict__ gstate_out,
     scalar_t* __restrict__ gk_, scalar_t* __restrict__ gv_, float* __restrict__ gstate_in,
-    float* __restrict__ gw_part, float* __restrict__ gu_part, int T, int C, int n_span) {
-  __shared__ Shared sh;
-  __shared__ float red_w[kG][kChannels], red_u[kG][kChannels];
-  const int bi = blockIdx.y, g = threadIdx.y, x = threadIdx.x;
-  const int c = blockIdx.x * kChannels + x;
+    float* __restrict__ gw_part, float* __restrict__ gu_part, int T, int C, int log2G,
+    bool vec) {
+  __shared__ BwdShared sh;
+  __shared__ float red_w[kBwdRows][kLanes], red_u[kBwdRows][kLanes];
+  extern __shared__ float4 dyn[];
+  const int G = 1 << log2G, g = threadIdx.y, x = threadIdx.x;
+  const int log2rows = log2G + kLog2L, rows = 1 << log2rows;
+  scalar_t* tiles = reinterpret_cast<scalar_t*>(dyn);                        // [2][3][rows][32]
+  float* states = reinterpret_cast<float*>(dyn) + (6 * rows * kLanes * sizeof(scalar_t) + 3) / 4;
+  const int n_cb = (C + kLanes - 1) / kLanes;
+  const int bi = blockIdx.x / n_cb, c0 = (blockIdx.x % n_cb) * kLanes;
+  const int c = c0 + x;
   const bool live = c < C;
   const int cc = live ? c : 0;
-  const float w = w_[cc], u = u_[cc];
+  const float w = decay_rate(time_decay, cc), u = time_first[cc];
   const size_t off = (size_t)bi * T * C;
   const scalar_t* k = k_ + off;
   const scalar_t* v = v_ + off;
-  const scalar_t* gy = gy_ + off;
+  const scalar_t* gy = gy_ == nullptr ? nullptr : gy_ + off;
   scalar_t* gk = gk_ + off;
   scalar_t* gv = gv_ + off;
+  const int n_saved = (T + kL - 1) / kL;
+  const float* sv = saved + (size_t)bi * n_saved * 3 * C;
 
-  // Cotangent of the final state: on A_T = a e^p and B_T = b e^p, plus what
-  // is left on p itself, which flows to the frame (or initial p) that set the max.
+  // Cotangent of the final state: on A_T = a e^p and B_T = b e^p, so lambda_T = g_a and
+  // mu_T = g_b, plus what is left on p itself, which flows to the frame (or the
+  // initial p) that set the max: to its k and, through the decays since, to w.
   const size_t so = (size_t)bi * 3 * C;
-  const float fa = state_out[so + cc], fb = state_out[so + C + cc], fp = state_out[so + 2 * C + cc];
-  const float ga = gstate_out[so + cc], gb = gstate_out[so + C + cc];
-  const float gp_rest = gstate_out[so + 2 * C + cc] - ga * fa - gb * fb;
+  float rest = 0.f;
+  if (gstate_out != nullptr)
+    rest = gstate_out[so + 2 * C + cc] - gstate_out[so + cc] * state_out[so + cc] -
+           gstate_out[so + C + cc] * state_out[so + C + cc];
   const int amax = argmax[(size_t)bi * C + cc];
-  float gw_acc = 0.f, gu_acc = 0.f;
-  if (g == 0) gw_acc = gp_rest * (float)(T - 1 - amax);  // amax = -1: initial p, T decays
-  // Adjoint carry (lambda, mu) = (la, mu) e^rho, at the frame after the super-chunk.
-  float la = ga, mu = gb, rho = -fp;
+  float gw_acc = g == 0 ? rest * static_cast<float>(T - 1 - amax) : 0.f;  // amax -1: T decays
+  float gu_acc = 0.f;
 
-  for (int s = n_span - 1; s >= 0; --s) {
-    const float* sv = saved + ((size_t)bi * n_span + s) * 3 * C;
-    float ca = sv[cc], cb = sv[C + cc], cp = sv[2 * C + cc];
-    int cidx = -1;
-    const int t0 = s * kSpan + g * kL;
-    float kr[kL], vr[kL], a, b, p;
-    int idx;
-    forward_enter(sh, k, v, T, C, c, live, t0, w, kr, vr, ca, cb, cp, cidx, a, b, p, idx);
-    // Per-frame forward quantities: state before the frame, max exponent, scaled denominator, y.
-    float ar[kL], br[kL], pr[kL], qr[kL], dr[kL], yr[kL], gr[kL];
-    float ra = 0.f, rm = 0.f, rr = kEmptyP;  // this row's adjoint summary, from zero at its end
-#pragma unroll
-    for (int i = 0; i < kL; ++i) {
-      const int t = t0 + i;
-      if (live && t < T) {
-        ar[i] = a; br[i] = b; pr[i] = p;
-        const float e = u + kr[i];
-        qr[i] = fmaxf(p, e);
-        const float c1 = __expf(p - qr[i]), c2 = __expf(e - qr[i]);
-        dr[i] = b * c1 + c2;
-        yr[i] = (a * c1 + vr[i] * c2) / dr[i];
-        gr[i] = to_f(gy[(size_t)t * C + c]);
-        step(a, b, p, idx, w, kr[i], vr[i], t);
-      }
+  // Scan role: the adjoint carry of channel xs, entering from the end of the sequence.
+  const int gs = x & (G - 1), xs = (g << (5 - log2G)) + (x >> log2G);
+  const int cs = min(c0 + xs, C - 1);
+  float cl = 0.f, cm = 0.f;
+  if (gstate_out != nullptr) { cl = gstate_out[so + cs]; cm = gstate_out[so + C + cs]; }
+
+  auto stage = [&](int st, int base) {
+    scalar_t* tk = tiles + st * 3 * rows * kLanes;
+    stage_rows(tk, k, base, log2rows, T, C, c0, vec);
+    stage_rows(tk + rows * kLanes, v, base, log2rows, T, C, c0, vec);
+    if (gy != nullptr) stage_rows(tk + 2 * rows * kLanes, gy, base, log2rows, T, C, c0, vec);
+    const int t0 = base + g * kL;
+    if (live && t0 < T) {
+      const float* s = sv + (size_t)(t0 / kL) * 3 * C + c;
+      float* d = states + ((st * G + g) * 3) * kLanes + x;
+      cp_async4(d, s);
+      cp_async4(d + kLanes, s + C);
+      cp_async4(d + 2 * kLanes, s + 2 * C);
     }
+    cp_async_commit();
+  };
+  const int last = (T - 1) >> log2rows << log2rows;
+  stage(0, last);
+  int st = 0;
+  for (int base = last; base >= 0; base -= rows, st ^= 1) {
+    cp_async_wait_all();
+    __syncthreads();  // this stage landed; everyone is done with the other one
+    if (base > 0) stage(st ^ 1, base - rows);
+    const scalar_t* ks = tiles + st * 3 * rows * kLanes + g * kL * kLanes + x;  // frame i: ks[i * 32]
+    const scalar_t* vs = ks + rows * kLanes;
+    const scalar_t* gys = vs + rows * kLanes;
+    const float* s = states + ((st * G + g) * 3) * kLanes + x;
+    const int t0 = base + g * kL;
+    const int n = live ? max(0, min(kL, T - t0)) : 0;  // this row's frames
+    float a = s[0], b = s[kLanes], p = s[2 * kLanes];
+    // Pass A, forward in time: recompute the output's and the update's factors. Per
+    // frame: y, the update's factors (packed), a and b times the update's c1, and the
+    // sources of lambda and of gv.
+    float yr[kL], fr[kL], ar[kL], br[kL], alr[kL], gmr[kL];
+    rows_of(n, [&](auto all) {
 #pragma unroll
-    for (int i = kL - 1; i >= 0; --i) {
-      const int t = t0 + i;
-      if (live && t < T) {
-        const float nr = fmaxf(rr + w, -qr[i]);
-        const float c1 = __expf(rr + w - nr), c2 = __expf(-qr[i] - nr) * gr[i] / dr[i];
-        ra = ra * c1 + c2;
-        rm = rm * c1 - c2 * yr[i];
-        rr = nr;
+      for (int i = 0; i < kL; ++i) {
+        if (all.value || i < n) {
+          const float kt = to_f(ks[i * kLanes]), vt = to_f(vs[i * kLanes]);
+          float ep, eu;
+          rescale(p, u + kt, ep, eu);
+          const float rd = __fdividef(1.f, b * ep + eu);
+          yr[i] = (a * ep + vt * eu) * rd;
+          const float gt = gy != nullptr ? to_f(gys[i * kLanes]) * rd : 0.f;  // gy / d
+          alr[i] = gt * ep;
+          gmr[i] = gt * eu;
+          const float pw = p + w;
+          float c1, c2;
+          rescale(pw, kt, c1, c2);
+          fr[i] = pack_factors(c1, c2, pw >= kt);
+          ar[i] = a * c1;
+          br[i] = b * c1;
+          a = ar[i] + vt * c2;
+          b = br[i] + c2;
+          p = fmaxf(pw, kt);
+        }
       }
-    }
-    sh.a[g][x] = ra; sh.b[g][x] = rm; sh.p[g][x] = rr;
+    });
+    // Pass B, reverse: the row's adjoint map from its end (S = P, lambda/mu local = R),
+    // and each output's local part plus its coefficient of the adjoint at the row's end.
+    float S = 1.f, ll = 0.f, ml = 0.f, gwl = 0.f, Ga = 0.f, Gb = 0.f;
+    float gkl[kL], gvl[kL], sg[kL];
+    rows_of(n, [&](auto all) {
+#pragma unroll
+      for (int i = kL - 1; i >= 0; --i) {
+        if (all.value || i < n) {
+          const float vt = to_f(vs[i * kLanes]);
+          float c1, c2;
+          unpack_factors(fr[i], c1, c2);
+          gwl = fmaf(ar[i], ll, fmaf(br[i], ml, gwl));
+          Ga = fmaf(ar[i], S, Ga);
+          Gb = fmaf(br[i], S, Gb);
+          const float du = gmr[i] * (vt - yr[i]);  // this frame's part of du, also in dk
+          gu_acc += du;
+          gvl[i] = fmaf(c2, ll, gmr[i]);
+          gkl[i] = fmaf(c2, fmaf(vt, ll, ml), du);
+          sg[i] = c2 * S;
+          ll = fmaf(c1, ll, alr[i]);
+          ml = fmaf(c1, ml, -alr[i] * yr[i]);
+          S *= c1;
+        }
+      }
+    });
+    sh.P[g][x] = S; sh.rl[g][x] = ll; sh.rm[g][x] = ml;
     __syncthreads();
-    // Reverse exclusive combine: adjoint at the frame after this row's frames.
-    const int base = s * kSpan;
-    float la_g = 0.f, mu_g = 0.f, rho_g = 0.f;
-    int unused = 0;
-    for (int j = kG - 1; j >= 0; --j) {
-      if (j == g) { la_g = la; mu_g = mu; rho_g = rho; }
-      const int n = max(0, min(kL, T - (base + j * kL)));
-      merge(la, mu, rho, unused, n * w, sh.a[j][x], sh.b[j][x], sh.p[j][x], 0);
-    }
+    backward_scan(sh, G, gs, xs, cl, cm);
     __syncthreads();
+    const float le = sh.rl[g][x], me = sh.rm[g][x];  // adjoint at this row's end
+    gw_acc += fmaf(le, Ga, fmaf(me, Gb, gwl));
+    scalar_t* gkr = gk + t0 * C + c;
+    scalar_t* gvr = gv + t0 * C + c;
+    rows_of(n, [&](auto all) {
 #pragma unroll
-    for (int i = kL - 1; i >= 0; --i) {
-      const int t = t0 + i;
-      if (live && t < T) {
-        const float ek = __expf(rho_g + kr[i]);         // e^k lambda-scale, <= 1 by construction
-        const float eu = __expf(u + kr[i] - qr[i]) * gr[i] / dr[i];
-        float gkt = ek * (vr[i] * la_g + mu_g) + eu * (vr[i] - yr[i]);
-        if (t == amax) gkt += gp_rest;
-        gk[(size_t)t * C + c] = from_f<scalar_t>(gkt);
-        gv[(size_t)t * C + c] = from_f<scalar_t>(ek * la_g + eu);
-        gu_acc += eu * (vr[i] - yr[i]);
-        gw_acc += (la_g * ar[i] + mu_g * br[i]) * __expf(rho_g + pr[i] + w);
-        const float nr = fmaxf(rho_g + w, -qr[i]);
-        const float c1 = __expf(rho_g + w - nr), c2 = __expf(-qr[i] - nr) * gr[i] / dr[i];
-        la_g = la_g * c1 + c2;
-        mu_g = mu_g * c1 - c2 * yr[i];
-        rho_g = nr;
+      for (int i = 0; i < kL; ++i) {
+        if (all.value || i < n) {
+          float gkt = fmaf(sg[i], fmaf(to_f(vs[i * kLanes]), le, me), gkl[i]);
+          if (t0 + i == amax) gkt += rest;
+          gkr[i * C] = from_f<scalar_t>(gkt);
+          gvr[i * C] = from_f<scalar_t>(fmaf(sg[i], le, gvl[i]));
+        }
       }
-    }
-    if (s == 0 && g == 0 && live) {
-      // Adjoint at frame 0 onto the initial (a0, b0, p0).
-      const size_t si = (size_t)bi * 3 * C;
-      const float a0 = state_in[si + c], b0 = state_in[si + C + c], p0 = state_in[si + 2 * C + c];
-      const float sc = __expf(rho_g + p0);
-      gstate_in[si + c] = la_g * sc;
-      gstate_in[si + C + c] = mu_g * sc;
-      gstate_in[si + 2 * C + c] = (la_g * a0 + mu_g * b0) * sc + (amax == -1 ? gp_rest : 0.f);
+    });
+    if (t0 == 0 && live && gstate_in != nullptr) {
+      // Adjoint at frame 0, scaled by the initial p, is the gradient of the initial (a, b).
+      const float l0 = fmaf(S, le, ll), m0 = fmaf(S, me, ml);
+      const float* s0 = state_in + so;
+      gstate_in[so + c] = l0;
+      gstate_in[so + C + c] = m0;
+      gstate_in[so + 2 * C + c] = l0 * s0[c] + m0 * s0[C + c] + (amax == -1 ? rest : 0.f);
     }
   }
   red_w[g][x] = gw_acc;
@@ -256,16 +485,52 @@ __global__ void __launch_bounds__(kChannels * kG) wkv_backward_kernel(
   __syncthreads();
   if (g == 0 && live) {
     float sw = 0.f, su = 0.f;
-    for (int j = 0; j < kG; ++j) { sw += red_w[j][x]; su += red_u[j][x]; }
+    for (int j = 0; j < G; ++j) { sw += red_w[j][x]; su += red_u[j][x]; }
     gw_part[(size_t)bi * C + c] = sw;
     gu_part[(size_t)bi * C + c] = su;
   }
 }
 
-void check(const torch::Tensor& t, const char* name, int dim) {
+// Sum over the batch in a fixed order (deterministic, no atomics); d w / d time_decay = w.
+__global__ void wkv_param_grad_kernel(const float* __restrict__ time_decay,
+                                      const float* __restrict__ gw_part,
+                                      const float* __restrict__ gu_part,
+                                      float* __restrict__ g_decay, float* __restrict__ g_first,
+                                      int B, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float sw = 0.f, su = 0.f;
+  for (int b = 0; b < B; ++b) {
+    sw += gw_part[(size_t)b * C + c];
+    su += gu_part[(size_t)b * C + c];
+  }
+  g_decay[c] = sw * decay_rate(time_decay, c);
+  g_first[c] = su;
+}
+
+void check_cuda(const torch::Tensor& t, const char* name, int dim) {
   TORCH_CHECK(t.is_cuda(), "wkv: ", name, " must be a CUDA tensor");
-  TORCH_CHECK(t.is_contiguous(), "wkv: ", name, " must be contiguous");
-  TORCH_CHECK(t.dim() == dim, "wkv: ", name, " must have ", dim, " dims");
+  TORCH_CHECK(t.dim() == dim, "wkv: ", name, " must have ", dim, " dims, got ", t.dim());
+}
+
+torch::Tensor contiguous(const torch::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
+
+torch::Tensor float_param(const torch::Tensor& t, const char* name, int64_t C) {
+  check_cuda(t, name, 1);
+  TORCH_CHECK(t.size(0) == C, "wkv: ", name, " must be (", C, ",), got ", t.sizes());
+  return t.scalar_type() == at::kFloat ? contiguous(t) : t.to(at::kFloat).contiguous();
+}
+
+// The state (B, 3, C) float32, or nullptr for the empty state.
+const float* state_ptr(const std::optional<torch::Tensor>& s, torch::Tensor& keep, int64_t B,
+                       int64_t C, const char* name) {
+  if (!s.has_value() || !s->defined()) return nullptr;
+  check_cuda(*s, name, 3);
+  TORCH_CHECK(s->scalar_type() == at::kFloat && s->size(0) == B && s->size(1) == 3 &&
+              s->size(2) == C, "wkv: ", name, " must be (", B, ", 3, ", C, ") float32, got ",
+              s->sizes(), " ", s->scalar_type());
+  keep = contiguous(*s);
+  return keep.data_ptr<float>();
 }
 
 // fp32, fp16 and bf16 I/O; float64 stays on the PyTorch path.
@@ -275,73 +540,129 @@ void check(const torch::Tensor& t, const char* name, int dim) {
                      AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
                      AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
-int spans(int T) { return (T + kSpan - 1) / kSpan; }
-
-// w, u: (C,) fp32 (w already -exp(time_decay)); k, v: (B, T, C); state: (B, 3, C) fp32.
-// Returns y (B, T, C), state_out (B, 3, C), argmax (B, C) int32, saved (B, S, 3, C).
-std::vector<torch::Tensor> forward(torch::Tensor w, torch::Tensor u, torch::Tensor k,
-                                   torch::Tensor v, torch::Tensor state) {
-  check(w, "w", 1); check(u, "u", 1); check(k, "k", 3); check(v, "v", 3); check(state, "state", 3);
-  TORCH_CHECK(w.scalar_type() == at::kFloat && u.scalar_type() == at::kFloat &&
-              state.scalar_type() == at::kFloat, "wkv: w, u and state must be float32");
-  TORCH_CHECK(k.scalar_type() == v.scalar_type(), "wkv: k and v must share a dtype");
-  const at::cuda::CUDAGuard guard(k.device());
-  const int B = k.size(0), T = k.size(1), C = k.size(2);
-  TORCH_CHECK(T > 0, "wkv: T must be positive");
-  const int S = spans(T);
-  auto y = torch::empty_like(k);
-  auto f32 = state.options();
-  auto state_out = torch::empty({B, 3, C}, f32);
-  auto amax = torch::empty({B, C}, f32.dtype(at::kInt));
-  auto saved = torch::empty({B, S, 3, C}, f32);
-  const dim3 grid((C + kChannels - 1) / kChannels, B), block(kChannels, kG);
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  WKV_DISPATCH(k.scalar_type(), "wkv_forward", [&] {
-    wkv_forward_kernel<scalar_t><<<grid, block, 0, stream>>>(
-        w.data_ptr<float>(), u.data_ptr<float>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-        state.data_ptr<float>(), y.data_ptr<scalar_t>(), state_out.data_ptr<float>(),
-        amax.data_ptr<int>(), saved.data_ptr<float>(), T, C, S);
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {y, state_out, amax, saved};
+// Thread rows for T frames: a power of two, at most `most`.
+int log2_rows(int64_t T, int most) {
+  int r = 0;
+  while ((1 << r) < most && (int64_t)(1 << r) * kL < T) ++r;
+  return r;
 }
 
-// Returns gk, gv (B, T, C), gstate (B, 3, C), gw and gu per batch row (B, C), all
-// w.r.t. w (not time_decay) and u.
-std::vector<torch::Tensor> backward(torch::Tensor w, torch::Tensor u, torch::Tensor k,
-                                    torch::Tensor v, torch::Tensor state, torch::Tensor saved,
-                                    torch::Tensor state_out, torch::Tensor amax,
-                                    torch::Tensor gy, torch::Tensor gstate_out) {
-  check(k, "k", 3); check(v, "v", 3); check(gy, "grad y", 3); check(gstate_out, "grad state", 3);
-  check(saved, "saved", 4); check(amax, "argmax", 2);
-  TORCH_CHECK(gy.scalar_type() == k.scalar_type(), "wkv: grad y must have the dtype of k");
-  TORCH_CHECK(gstate_out.scalar_type() == at::kFloat, "wkv: grad state must be float32");
-  const at::cuda::CUDAGuard guard(k.device());
-  const int B = k.size(0), T = k.size(1), C = k.size(2);
-  const int S = spans(T);
-  auto gk = torch::empty_like(k);
-  auto gv = torch::empty_like(k);
-  auto f32 = state.options();
-  auto gstate = torch::empty({B, 3, C}, f32);
-  auto gw = torch::empty({B, C}, f32);
-  auto gu = torch::empty({B, C}, f32);
-  const dim3 grid((C + kChannels - 1) / kChannels, B), block(kChannels, kG);
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  WKV_DISPATCH(k.scalar_type(), "wkv_backward", [&] {
-    wkv_backward_kernel<scalar_t><<<grid, block, 0, stream>>>(
-        w.data_ptr<float>(), u.data_ptr<float>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-        state.data_ptr<float>(), saved.data_ptr<float>(), state_out.data_ptr<float>(),
-        amax.data_ptr<int>(), gy.data_ptr<scalar_t>(), gstate_out.data_ptr<float>(),
-        gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), gstate.data_ptr<float>(),
-        gw.data_ptr<float>(), gu.data_ptr<float>(), T, C, S);
-  });
+// Whether rows of these (B, T, C) tensors can be staged with 16-byte copies.
+bool vec_ok(std::initializer_list<const torch::Tensor*> ts, int64_t C) {
+  bool ok = C * ts.begin()[0]->element_size() % 16 == 0;
+  for (auto t : ts) ok = ok && (!t->defined() || reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0);
+  return ok;
+}
+
+// Launches with `smem` bytes of dynamic shared memory, raising the kernel's limit past 48 KiB.
+template <typename Kernel, typename... Args>
+void launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, Args... args) {
+  if (smem > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kernel<<<grid, block, smem, c10::cuda::getCurrentCUDAStream()>>>(args...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {gk, gv, gstate, gw, gu};
+}
+
+// time_decay, time_first: (C,) any float dtype; k, v: (B, T, C), T > 0; state: (B, 3, C)
+// float32 or None (empty). Returns y (B, T, C) and the state after the last frame (B, 3, C);
+// with train, also what the backward needs: the state entering every kL frames
+// (B, ceil(T/kL), 3, C) and the frame that set the final max exponent (B, C) int32.
+std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch::Tensor& time_first,
+                                   const torch::Tensor& k_in, const torch::Tensor& v_in,
+                                   const std::optional<torch::Tensor>& state, bool train) {
+  check_cuda(k_in, "k", 3);
+  check_cuda(v_in, "v", 3);
+  TORCH_CHECK(k_in.sizes() == v_in.sizes(), "wkv: k and v must have one shape");
+  TORCH_CHECK(k_in.scalar_type() == v_in.scalar_type(), "wkv: k and v must share a dtype");
+  const at::cuda::CUDAGuard guard(k_in.device());
+  const int64_t B = k_in.size(0), T = k_in.size(1), C = k_in.size(2);
+  TORCH_CHECK(T > 0, "wkv: T must be positive");
+  // Frame offsets t*C are int, t up to T plus one super-chunk.
+  TORCH_CHECK((T + kL * kFwdRows) * C < (int64_t(1) << 31), "wkv: T*C too large");
+  const auto td = float_param(time_decay, "time_decay", C);
+  const auto tf = float_param(time_first, "time_first", C);
+  const auto k = contiguous(k_in), v = contiguous(v_in);
+  torch::Tensor s_keep;
+  const float* s_in = state_ptr(state, s_keep, B, C, "state");
+  auto y = torch::empty_like(k);
+  const auto f32 = k.options().dtype(at::kFloat);
+  auto state_out = torch::empty({B, 3, C}, f32);
+  torch::Tensor saved, amax;
+  if (train) {
+    saved = torch::empty({B, (T + kL - 1) / kL, 3, C}, f32);
+    amax = torch::empty({B, C}, k.options().dtype(at::kInt));
+  }
+  if (B * C > 0) {
+    const int log2G = log2_rows(T, kFwdRows);
+    const dim3 grid(B * ((C + kLanes - 1) / kLanes)), block(kLanes, 1 << log2G);
+    const bool vec = vec_ok({&k, &v}, C);
+    WKV_DISPATCH(k.scalar_type(), "wkv_forward", [&] {
+      const size_t smem = 2 * 2 * (kL << log2G) * kLanes * sizeof(scalar_t);
+      auto kernel = train ? wkv_forward_kernel<scalar_t, true> : wkv_forward_kernel<scalar_t, false>;
+      launch(kernel, grid, block, smem, td.data_ptr<float>(), tf.data_ptr<float>(),
+             k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), s_in, y.data_ptr<scalar_t>(),
+             state_out.data_ptr<float>(), train ? amax.data_ptr<int>() : nullptr,
+             train ? saved.data_ptr<float>() : nullptr, (int)T, (int)C, log2G, vec);
+    });
+  }
+  if (train) return {y, state_out, saved, amax};
+  return {y, state_out};
+}
+
+// The forward's inputs and train outputs, and the cotangents of y and of the final state
+// (None: zero). Returns the gradients of time_decay and time_first (C,) float32, of k and
+// v (B, T, C), and of the initial state (B, 3, C), undefined (None) when it was empty.
+std::vector<torch::Tensor> backward(
+    const torch::Tensor& time_decay, const torch::Tensor& time_first, const torch::Tensor& k_in,
+    const torch::Tensor& v_in, const std::optional<torch::Tensor>& state,
+    const torch::Tensor& saved, const torch::Tensor& state_out, const torch::Tensor& amax,
+    const std::optional<torch::Tensor>& grad_y, const std::optional<torch::Tensor>& grad_state) {
+  const at::cuda::CUDAGuard guard(k_in.device());
+  const int64_t B = k_in.size(0), T = k_in.size(1), C = k_in.size(2);
+  const auto td = float_param(time_decay, "time_decay", C);
+  const auto tf = float_param(time_first, "time_first", C);
+  const auto k = contiguous(k_in), v = contiguous(v_in);
+  TORCH_CHECK(saved.is_contiguous() && state_out.is_contiguous() && amax.is_contiguous(),
+              "wkv: saved forward tensors must be contiguous");
+  torch::Tensor s_keep, gs_keep, gy;
+  const float* s_in = state_ptr(state, s_keep, B, C, "state");
+  const float* gs_out = state_ptr(grad_state, gs_keep, B, C, "grad of state");
+  if (grad_y.has_value() && grad_y->defined()) {
+    TORCH_CHECK(grad_y->sizes() == k.sizes(), "wkv: grad of y must be shaped as k");
+    gy = contiguous(grad_y->to(k.scalar_type()));
+  }
+  auto gk = torch::empty_like(k);
+  auto gv = torch::empty_like(v);
+  const auto f32 = k.options().dtype(at::kFloat);
+  torch::Tensor gstate = s_in != nullptr ? torch::empty({B, 3, C}, f32) : torch::Tensor();
+  auto g_decay = torch::empty({C}, f32);
+  auto g_first = torch::empty({C}, f32);
+  if (B * C == 0) return {g_decay.zero_(), g_first.zero_(), gk, gv, gstate};
+  auto parts = torch::empty({2, B, C}, f32);  // gw, gu per batch row
+  const int log2G = log2_rows(T, kBwdRows);
+  const dim3 grid(B * ((C + kLanes - 1) / kLanes)), block(kLanes, 1 << log2G);
+  const bool vec = vec_ok({&k, &v, &gy}, C);
+  WKV_DISPATCH(k.scalar_type(), "wkv_backward", [&] {
+    const size_t smem = (6 * (kL << log2G) * kLanes * sizeof(scalar_t) + 3) / 4 * 4 +
+                        2 * (1 << log2G) * 3 * kLanes * sizeof(float);
+    launch(wkv_backward_kernel<scalar_t>, grid, block, smem, td.data_ptr<float>(),
+           tf.data_ptr<float>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), s_in,
+           saved.data_ptr<float>(), state_out.data_ptr<float>(), amax.data_ptr<int>(),
+           gy.defined() ? gy.data_ptr<scalar_t>() : nullptr, gs_out, gk.data_ptr<scalar_t>(),
+           gv.data_ptr<scalar_t>(), gstate.defined() ? gstate.data_ptr<float>() : nullptr,
+           parts.data_ptr<float>(), parts.data_ptr<float>() + B * C, (int)T, (int)C, log2G, vec);
+  });
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  wkv_param_grad_kernel<<<(C + 255) / 256, 256, 0, stream>>>(
+      td.data_ptr<float>(), parts.data_ptr<float>(), parts.data_ptr<float>() + B * C,
+      g_decay.data_ptr<float>(), g_first.data_ptr<float>(), (int)B, (int)C);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {g_decay, g_first, gk, gv, gstate};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "WKV forward: y, state_out, argmax, saved span states");
-  m.def("backward", &backward, "WKV backward: gk, gv, gstate, gw and gu per batch row");
+  m.def("forward", &forward, "WKV forward: y, final state (+ saved row states, argmax if train)");
+  m.def("backward", &backward, "WKV backward: grads of time_decay, time_first, k, v, state");
 }

@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 import torch
 
 from espnet_rwkv.ops import cuda_loader
+from espnet_rwkv.ops.wkv.cuda import wkv_cuda
 from espnet_rwkv.ops.wkv.torch_impl import EMPTY_P, empty_state, wkv_torch
 
 __all__ = ["wkv", "empty_state", "EMPTY_P"]
@@ -47,19 +48,17 @@ def wkv(
     _check_inputs(time_decay, time_first, k, v, state)
     math_dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
     B, T, C = k.shape
-    if state is None:
-        state = empty_state(B, C, k.device).to(math_dtype)
     if T == 0:
-        return k.new_empty(B, 0, C), state
+        return k.new_empty(B, 0, C), state if state is not None else empty_state(B, C, k.device).to(math_dtype)
 
     if backend == "auto":
         backend = "cuda" if k.is_cuda and math_dtype == torch.float32 and cuda_loader.usable("wkv") else "torch"
     if backend == "cuda":
-        from espnet_rwkv.ops.wkv.cuda import wkv_cuda
-
-        return wkv_cuda(time_decay, time_first, k, v, state)
+        return wkv_cuda(time_decay, time_first, k, v, state)  # the kernel starts from the empty state itself
     if backend != "torch":
         raise ValueError(f"wkv: backend must be 'auto', 'torch' or 'cuda', got {backend!r}")
+    if state is None:
+        state = empty_state(B, C, k.device).to(math_dtype)
     w = -torch.exp(time_decay.to(math_dtype))
     y, state = wkv_torch(w, time_first.to(math_dtype), k.to(math_dtype), v.to(math_dtype), state)
     return y.to(k.dtype), state

@@ -1,46 +1,45 @@
-"""WKV through the CUDA extension ``cuda_ext/wkv.cu``, as an autograd Function."""
+"""WKV through the CUDA extension ``cuda_ext/wkv.cu``, as an autograd Function.
+
+The extension takes the raw parameters, the optional state and cotangents (None:
+empty state, zero cotangent) and does the casts, -exp(time_decay) and the sum of
+the parameter gradients over the batch itself: one C++ call per direction.
+"""
 import torch
 
 from espnet_rwkv.ops.cuda_loader import extension
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_ext = None
+
+
+def _extension():
+    global _ext
+    if _ext is None:
+        _ext = extension("wkv")
+    return _ext
 
 
 class _WKV(torch.autograd.Function):
     @staticmethod
     def forward(ctx, time_decay, time_first, k, v, state):
-        w = -torch.exp(time_decay.float()).contiguous()
-        u = time_first.float().contiguous()
-        k = k.contiguous()
-        v = v.contiguous()
-        state = state.contiguous()
-        y, state_out, argmax, saved = extension("wkv").forward(w, u, k, v, state)
-        ctx.save_for_backward(w, u, k, v, state, saved, state_out, argmax)
-        ctx.param_dtypes = (time_decay.dtype, time_first.dtype)
-        ctx.mark_non_differentiable(argmax)
+        ctx.set_materialize_grads(False)  # an unused output's cotangent stays None, not zeros
+        y, state_out, saved, argmax = _extension().forward(time_decay, time_first, k, v, state, True)
+        ctx.save_for_backward(time_decay, time_first, k, v, state, saved, state_out, argmax)
         return y, state_out
 
     @staticmethod
     def backward(ctx, gy, gstate):
-        w, u, k, v, state, saved, state_out, argmax = ctx.saved_tensors
-        gy = torch.zeros_like(k) if gy is None else gy.to(k.dtype).contiguous()
-        gstate = torch.zeros_like(state_out) if gstate is None else gstate.float().contiguous()
-        gk, gv, gstate_in, gw, gu = extension("wkv").backward(
-            w, u, k, v, state, saved, state_out, argmax, gy, gstate
-        )
-        # d w / d time_decay = -exp(time_decay) = w.
-        g_decay = (gw.sum(0) * w).to(ctx.param_dtypes[0])
-        g_first = gu.sum(0).to(ctx.param_dtypes[1])
-        return g_decay, g_first, gk, gv, gstate_in
+        # Parameter gradients come as float32; autograd casts them to the parameters' dtype.
+        return tuple(_extension().backward(*ctx.saved_tensors, gy, gstate))
 
 
-def wkv_cuda(time_decay, time_first, k, v, state):
-    """WKV on the GPU. Shapes as ``espnet_rwkv.ops.wkv.wkv``; state must be given.
+def wkv_cuda(time_decay, time_first, k, v, state=None):
+    """WKV on the GPU. Shapes as ``espnet_rwkv.ops.wkv.wkv``.
 
     Args:
         time_decay, time_first: (C,) any float dtype, on k's device.
         k, v: (B, T, C) float32, bfloat16 or float16 CUDA tensors, T > 0.
-        state: (B, 3, C) float32.
+        state: (B, 3, C) float32, or None for the empty state.
     Returns:
         y (B, T, C) in k's dtype and the state after the last frame (B, 3, C) float32.
     """
@@ -48,6 +47,13 @@ def wkv_cuda(time_decay, time_first, k, v, state):
         raise ValueError(f"wkv_cuda: inputs must be CUDA tensors, got {k.device}")
     if k.dtype not in _KERNEL_DTYPES:
         raise TypeError(f"wkv_cuda: k and v must be one of {_KERNEL_DTYPES}, got {k.dtype}")
-    if state.dtype != torch.float32:
+    if state is not None and state.dtype != torch.float32:
         raise TypeError(f"wkv_cuda: state must be float32, got {state.dtype}")
-    return _WKV.apply(time_decay, time_first, k, v, state)
+    if torch.is_grad_enabled() and (
+        time_decay.requires_grad or time_first.requires_grad or k.requires_grad or v.requires_grad
+        or (state is not None and state.requires_grad)
+    ):
+        return _WKV.apply(time_decay, time_first, k, v, state)
+    # Inference and streaming: no autograd node, nothing saved.
+    y, state = _extension().forward(time_decay, time_first, k, v, state, False)
+    return y, state

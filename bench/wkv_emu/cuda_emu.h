@@ -1,0 +1,123 @@
+// Runs CUDA kernels on the CPU for bench/wkv_emu/emulate.py: one std::thread per CUDA
+// thread, blocks one after another, __syncthreads and warp shuffles through barriers,
+// cp.async deferred until the wait.
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+#include <torch/extension.h>
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+struct alignas(16) float4 { float x, y, z, w; };
+
+namespace emu {
+struct Block {
+  explicit Block(int n) : bar(n), slots(n), pending(n) {
+    for (int w = 0; w < n / 32; ++w) warp.emplace_back(std::make_unique<std::barrier<>>(32));
+  }
+  std::barrier<> bar;
+  std::vector<std::unique_ptr<std::barrier<>>> warp;
+  std::vector<uint32_t> slots;
+  struct Copy { void* dst; const void* src; size_t n; };
+  std::vector<std::vector<Copy>> pending;
+};
+inline thread_local dim3 tIdx, bIdx;
+inline dim3 bDim, gDim;
+inline thread_local Block* blk = nullptr;
+inline float4* g_dyn = nullptr;
+inline int tid() { return (tIdx.z * bDim.y + tIdx.y) * bDim.x + tIdx.x; }
+
+template <typename T> T shfl(T v, int src_lane) {
+  const int t = tid(), w = t / 32;
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  blk->slots[t] = bits;
+  blk->warp[w]->arrive_and_wait();
+  const uint32_t got = blk->slots[w * 32 + src_lane];
+  blk->warp[w]->arrive_and_wait();
+  T out;
+  std::memcpy(&out, &got, 4);
+  return out;
+}
+
+template <typename Kernel, typename... Args>
+void launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, Args... args) {
+  const int n = block.x * block.y * block.z;
+  TORCH_CHECK(n % 32 == 0 || n < 32, "emu: block not whole warps");
+  std::vector<float4> dyn(smem / 16 + 1);
+  bDim = block; gDim = grid;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        std::memset(dyn.data(), 0xff, dyn.size() * sizeof(float4));  // NaN: stale reads show
+        g_dyn = dyn.data();
+        Block b(n);
+        std::vector<std::thread> ts;
+        for (int i = 0; i < n; ++i)
+          ts.emplace_back([&, i] {
+            tIdx = dim3(i % block.x, (i / block.x) % block.y, i / (block.x * block.y));
+            bIdx = dim3(bx, by, bz);
+            blk = &b;
+            kernel(args...);
+            TORCH_CHECK(blk->pending[tid()].empty(), "emu: cp.async never waited for");
+          });
+        for (auto& t : ts) t.join();
+      }
+}
+
+inline torch::Tensor empty_poisoned(at::IntArrayRef sizes, const at::TensorOptions& o) {
+  return torch::full(sizes, o.dtype() == at::kInt ? -123456789.0 : NAN, o);
+}
+inline torch::Tensor empty_like_poisoned(const torch::Tensor& t) {
+  return torch::full_like(t, NAN);
+}
+}  // namespace emu
+
+#define threadIdx emu::tIdx
+#define blockIdx emu::bIdx
+#define blockDim emu::bDim
+#define gridDim emu::gDim
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__
+#define __shared__ static
+#define C10_CUDA_CHECK(x) (void)(x)
+#define C10_CUDA_KERNEL_LAUNCH_CHECK() (void)0
+enum { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+template <typename K> int cudaFuncSetAttribute(K, int, size_t) { return 0; }
+
+inline void __syncthreads() { emu::blk->bar.arrive_and_wait(); }
+template <typename T> T __shfl_up_sync(unsigned, T v, unsigned d, int width = 32) {
+  const int lane = emu::tid() % 32, base = lane & ~(width - 1), src = lane - (int)d;
+  return emu::shfl(v, src < base ? lane : src);
+}
+template <typename T> T __shfl_down_sync(unsigned, T v, unsigned d, int width = 32) {
+  const int lane = emu::tid() % 32, base = lane & ~(width - 1), src = lane + (int)d;
+  return emu::shfl(v, src >= base + width ? lane : src);
+}
+template <typename T> T __shfl_sync(unsigned, T v, int s, int width = 32) {
+  const int lane = emu::tid() % 32, base = lane & ~(width - 1);
+  return emu::shfl(v, base + (s & (width - 1)));
+}
+inline float __expf(float x) { return std::exp(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline void cp_async16(void* dst, const void* src) { emu::blk->pending[emu::tid()].push_back({dst, src, 16}); }
+inline void cp_async4(void* dst, const void* src) { emu::blk->pending[emu::tid()].push_back({dst, src, 4}); }
+inline void cp_async_commit() {}
+inline void cp_async_wait_all() {
+  for (auto& c : emu::blk->pending[emu::tid()]) std::memcpy(c.dst, c.src, c.n);
+  emu::blk->pending[emu::tid()].clear();
+}

@@ -1,0 +1,103 @@
+"""Runs cuda_ext/wkv.cu's kernels on the CPU, for checking kernel logic without a GPU.
+
+    PYTHONPATH=. python bench/wkv_emu/emulate.py tests   # test/test_wkv_cuda.py, on the emulator
+    PYTHONPATH=. python bench/wkv_emu/emulate.py asan    # bench/wkv_sanitize.py's cases under ASan
+
+The .cu file is compiled by g++ (C++20) with cuda_emu.h after a few text substitutions
+(CUDA-only includes, the cp.async helpers, the launches); the host code is compiled as
+it is. One std::thread per CUDA thread, blocks one after another, cp.async copies land
+only at the wait, dynamic shared memory and outputs start as NaN. Exact expf and
+division stand in for __expf and __fdividef. Slow (the T=16384 test takes minutes),
+and it checks logic, not speed or the GPU's memory model.
+"""
+import importlib
+import inspect
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def build(src=ROOT / "cuda_ext" / "wkv.cu", name="wkv_emu", asan=False):
+    """The emulated extension module (same forward/backward API as the CUDA one)."""
+    from torch.utils.cpp_extension import load
+
+    s = Path(src).read_text()
+    for inc in ("#include <c10/cuda/CUDAStream.h>\n", "#include <c10/cuda/CUDAGuard.h>\n"):
+        s = s.replace(inc, "")
+    s = s.replace("#include <torch/extension.h>\n", '#include <torch/extension.h>\n#include "cuda_emu.h"\n')
+    start = s.index("__device__ __forceinline__ void cp_async16")
+    end = s.index("}", s.index("__device__ __forceinline__ void cp_async_wait_all")) + 1
+    s = s[:start] + s[end:]  # cuda_emu.h has these
+    s = s.replace("extern __shared__ float4 dyn[];", "float4* dyn = emu::g_dyn;")
+    launches = s.count("<<<")
+    s, n1 = re.subn(r"kernel<<<grid, block, smem, c10::cuda::getCurrentCUDAStream\(\)>>>\(args\.\.\.\);",
+                    "emu::launch(kernel, grid, block, smem, args...);", s)
+    s, n2 = re.subn(r"(\w+)<<<([^,]+), ([^,]+), 0, stream>>>\(", r"emu::launch(\1, dim3(\2), dim3(\3), 0, ", s)
+    assert n1 + n2 == launches, "a launch the emulator does not know"
+    s = s.replace("t.is_cuda()", "true")
+    s = re.sub(r"\n\s*const at::cuda::CUDAGuard guard\([^;]*\);", "", s)
+    s = re.sub(r"\n\s*auto stream = c10::cuda::getCurrentCUDAStream\(\);", "", s)
+    s = s.replace("torch::empty_like(", "emu::empty_like_poisoned(").replace("torch::empty(", "emu::empty_poisoned(")
+    build_dir = Path(tempfile.gettempdir()) / "wkv_emu_src"
+    build_dir.mkdir(exist_ok=True)
+    out = build_dir / f"{name}.cpp"
+    out.write_text(s)
+    flags = ["-std=c++20", "-O2", "-pthread"] + (["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else [])
+    return load(name=name, sources=[str(out)], extra_include_paths=[str(HERE)], extra_cflags=flags,
+                extra_ldflags=["-pthread"] + (["-fsanitize=address"] if asan else []), verbose=False)
+
+
+def route_cuda_backend_to(module):
+    """wkv(..., backend="cuda") on CPU tensors runs `module` (wkv_cuda minus its device check)."""
+    pkg = importlib.import_module("espnet_rwkv.ops.wkv")
+    cuda = importlib.import_module("espnet_rwkv.ops.wkv.cuda")
+    cuda._extension = lambda: module
+    source = inspect.getsource(cuda.wkv_cuda).replace("if not k.is_cuda:", "if False:")
+    exec(source, cuda.__dict__)
+    pkg.wkv_cuda = cuda.wkv_cuda
+
+
+CONFTEST = f"""
+import sys
+sys.path[:0] = [{str(ROOT / 'test')!r}, {str(HERE)!r}]
+from emulate import build, route_cuda_backend_to
+route_cuda_backend_to(build())
+"""
+
+
+def run_tests(pytest_args):
+    """test/test_wkv_cuda.py with DEV = "cpu", on the emulator (auto-backend test left out)."""
+    s = (ROOT / "test" / "test_wkv_cuda.py").read_text()
+    s = s.replace('DEV = "cuda"', 'DEV = "cpu"').replace("torch.cuda.synchronize()", "pass")
+    s = re.sub(r"pytestmark = \[.*?\]\n", "", s, flags=re.S)
+    s = s.replace("def test_auto_backend_uses_the_extension", "def _auto_backend_needs_cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "test_wkv_emulated.py").write_text(s)
+        Path(tmp, "conftest.py").write_text(CONFTEST)
+        return subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", tmp, *pytest_args])
+
+
+def run_asan():
+    """bench/wkv_sanitize.py's cases on CPU tensors, the emulated kernels built with ASan."""
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        lib = subprocess.check_output(["gcc", "-print-file-name=libasan.so"], text=True).strip()
+        env = dict(os.environ, LD_PRELOAD=lib, ASAN_OPTIONS="detect_leaks=0")
+        return subprocess.call([sys.executable, __file__, "asan"], env=env)
+    route_cuda_backend_to(build(name="wkv_emu_asan", asan=True))
+    src = (ROOT / "bench" / "wkv_sanitize.py").read_text()
+    src = src.replace('device="cuda"', 'device="cpu"').replace("torch.cuda.synchronize()", "pass")
+    namespace = {"__name__": "wkv_sanitize"}
+    exec(compile(src, "wkv_sanitize.py", "exec"), namespace)
+    namespace["main"]()
+    return 0
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "tests"
+    sys.exit(run_asan() if what == "asan" else run_tests(sys.argv[2:]))
