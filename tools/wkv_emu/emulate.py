@@ -1,7 +1,7 @@
 """Runs cuda_ext/wkv.cu's kernels on the CPU, for checking kernel logic without a GPU.
 
-    PYTHONPATH=. python bench/wkv_emu/emulate.py tests   # test/test_wkv_cuda.py, on the emulator
-    PYTHONPATH=. python bench/wkv_emu/emulate.py asan    # bench/wkv_sanitize.py's cases under ASan
+    PYTHONPATH=. python tools/wkv_emu/emulate.py tests   # test/test_wkv_cuda.py, on the emulator
+    PYTHONPATH=. python tools/wkv_emu/emulate.py asan    # bench/wkv_sanitize.py's cases under ASan
 
 The .cu file is compiled by g++ (C++20) with cuda_emu.h after a few text substitutions
 (CUDA-only includes, the cp.async helpers, the launches); the host code is compiled as

@@ -1,4 +1,4 @@
-// Runs CUDA kernels on the CPU for bench/wkv_emu/emulate.py: one std::thread per CUDA
+// Runs CUDA kernels on the CPU for tools/wkv_emu/emulate.py: one std::thread per CUDA
 // thread, blocks one after another, __syncthreads and warp shuffles through barriers,
 // cp.async deferred until the wait.
 #pragma once
