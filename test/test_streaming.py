@@ -62,6 +62,13 @@ def make_exp_dir(path: Path, config: Path, input_conf=None) -> Path:
     return path
 
 
+def full_features(model, audio: torch.Tensor) -> torch.Tensor:
+    """Normalized features (1, T, F) of the whole utterance, as full-utterance decoding makes them."""
+    with torch.no_grad():
+        feats, lengths = model._extract_feats(audio[None], torch.tensor([audio.numel()]))
+        return model.normalize(feats, lengths)[0]
+
+
 def speech_like(seconds: float, seed: int = 0) -> torch.Tensor:
     """Noise under a syllable-rate envelope with a moving tone: features that change over time."""
     g = torch.Generator().manual_seed(seed)
@@ -193,8 +200,7 @@ def test_stream_forward_too_short_is_an_error():
 def test_exact_audio_processor_equals_full_features(rwkv_exp, piece):
     model = full_speech2text(rwkv_exp).asr_model
     audio = speech_like(1.3)
-    full, lengths = model._extract_feats(audio[None], torch.tensor([audio.numel()]))
-    full, _ = model.normalize(full, lengths)
+    full = full_features(model, audio)
     processor = ExactAudioProcessor(model)
     with torch.no_grad():
         feats = [processor(audio[s: s + piece], is_final=False) for s in range(0, audio.numel(), piece)]
@@ -250,10 +256,9 @@ def test_rwkv_streaming_encoder_output_equals_full(rwkv_exp):
     s2t = load_speech2text(rwkv_exp, 320, model_file=rwkv_exp / "model.pth", beam_size=2)
     model = s2t.asr_model
     audio = speech_like(2.0, seed=2)
+    feats = full_features(model, audio)
     with torch.no_grad():
-        feats, lengths = model._extract_feats(audio[None], torch.tensor([audio.numel()]))
-        feats, lengths = model.normalize(feats, lengths)
-        enc_full, _ = model.encoder(feats, lengths)
+        enc_full, _ = model.encoder(feats, torch.tensor([feats.size(1)]))
     outputs = []
     stream_forward = model.encoder.stream_forward
     model.encoder.stream_forward = lambda x, is_final: outputs.append(stream_forward(x, is_final)) or outputs[-1]
@@ -277,9 +282,7 @@ def test_espnet_streaming_path_runs_rwkv_and_feeds_each_frame_once(rwkv_exp):
     s2t = load_speech2text(rwkv_exp, 160, model_file=rwkv_exp / "model.pth", beam_size=2)
     model = s2t.asr_model
     audio = speech_like(2.0, seed=3)
-    with torch.no_grad():
-        full, lengths = model._extract_feats(audio[None], torch.tensor([audio.numel()]))
-        full, _ = model.normalize(full, lengths)
+    full = full_features(model, audio)
     fed = []
     stream_forward = model.encoder.stream_forward
     model.encoder.stream_forward = lambda x, is_final: fed.append(x) or stream_forward(x, is_final)
