@@ -4,9 +4,13 @@
 
 --espnet-src: a folder holding ESPnet's wkv_op.cpp and wkv_cuda.cu (from
 espnet2/asr_transducer/decoder/modules/rwkv/cuda/), built here with Tmax set to
-the longest T. fla is imported if installed. Prints one table of median times
-(ms), the copy-bandwidth floor measured in the same run and the ratios, then
-the streaming step (one chunk with state) against an empty kernel launch.
+the longest T, and run as ESPnet runs them (through a Python autograd.Function like
+espnet2's WKVLinearAttention, and y.backward). fla is imported if installed. Prints one
+table of median times (ms) of the whole Python call (CUDA events around it, the GPU idle
+before) and of the kernels alone (their GPU time summed, torch profiler), the
+copy-bandwidth floor measured in the same run and the ratios, then
+the streaming step (one chunk with state) against an empty kernel launch, on the host
+and on the GPU (CUDA graph replay).
 --profile first prints the GPU time of each of our kernels (torch profiler) for
 bf16 fwd+bwd at B16 T1024 C512.
 """
@@ -74,19 +78,33 @@ def fla_fn(td, tf, k, v, gy):
 
 
 def espnet_fn(ext):
-    def run(td, tf, k, v, gy):
-        w = -torch.exp(td.detach().float())
-        u = tf.detach().float()
-        k, v = k.detach().contiguous(), v.detach().contiguous()
-        y = torch.empty_like(k)
-        ext.forward(w, u, k, v, y)
-        if td.requires_grad:
+    """ESPnet's kernels as ESPnet runs them: through a Python autograd.Function doing what
+    espnet2's ``WKVLinearAttention`` does (w = -exp(time_decay), contiguous inputs, output and
+    gradients allocated by torch, per-batch parameter gradients summed), and y.backward(gy)."""
+    class ESPnetWKV(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, td, tf, k, v):
+            w, u = -torch.exp(td.contiguous()), tf.contiguous()
+            k, v = k.contiguous(), v.contiguous()
+            y = torch.empty_like(k, memory_format=torch.contiguous_format)
+            ext.forward(w, u, k, v, y)
+            ctx.save_for_backward(w, u, k, v, y)
+            return y
+
+        @staticmethod
+        def backward(ctx, gy):
+            w, u, k, v, y = ctx.saved_tensors
             B, _, C = k.shape
-            gw = torch.empty(B, C, device="cuda")
-            gu = torch.empty(B, C, device="cuda")
+            gw = torch.empty(B, C, device=k.device, dtype=w.dtype)
+            gu = torch.empty(B, C, device=k.device, dtype=w.dtype)
             gk, gv = torch.empty_like(k), torch.empty_like(v)
-            ext.backward(w, u, k, v, y, gy, gw, gu, gk, gv)
-            gw.sum(0), gu.sum(0)
+            ext.backward(w, u, k, v, y, gy.contiguous(), gw, gu, gk, gv)
+            return gw.sum(0), gu.sum(0), gk, gv
+
+    def run(td, tf, k, v, gy):
+        y = ESPnetWKV.apply(td, tf, k, v)
+        if k.requires_grad:
+            y.backward(gy)
     return run
 
 
@@ -113,17 +131,42 @@ def host_us(fn, n=2000):
     return (time.perf_counter() - t0) / n * 1e6
 
 
-def gpu_us(fn, n=2000):
-    """GPU time per call of n back-to-back calls between two CUDA events."""
-    fn()
+def graph_gpu_us(fn, n=200):
+    """GPU time per call of fn, replayed from a CUDA graph of n calls: no host launch cost."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()  # warm-up off the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(n):
+            fn()
+    graph.replay()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(n):
-        fn()
+    graph.replay()
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / n * 1e3
+
+
+def kernel_ms(fn, make_inputs, reps=10):
+    """Median over calls of the summed GPU time of every kernel fn(*inputs) launches (torch
+    profiler): the GPU's work without the host's launch and autograd time."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    fn(*make_inputs())
+    per_call = []
+    for _ in range(reps):
+        args = make_inputs()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn(*args)
+            torch.cuda.synchronize()
+        per_call.append(sum(e.device_time_total for e in prof.key_averages()) / 1e3)
+    return sorted(per_call)[reps // 2]
 
 
 def profile(B=16, T=1024, C=512, dtype=torch.bfloat16, reps=20):
@@ -162,35 +205,42 @@ def main():
         has_fla = False
     wkv(*make(1, 4, 32, torch.float32, False)()[:4], backend="cuda")  # build/load our extension
 
-    print("| B | T | C | dtype | ours fwd | ours fwd+bwd | ESPnet fwd+bwd | fla fwd+bwd | floor fwd+bwd "
-          "| ESPnet/ours | fla/ours | floor/ours |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| B | T | C | dtype | ours fwd | ours fwd+bwd | ESPnet fwd+bwd | fla fwd+bwd | ESPnet/ours | fla/ours "
+          "| ours kernels | ESPnet kernels | fla kernels | ESPnet/ours kernels | fla/ours kernels | floor "
+          "| floor/ours kernels | floor/ours |")
+    print("|" + "---|" * 18)
     for B, T, C in SHAPES:
         for dtype in (torch.float32, torch.bfloat16):
+            grad_inputs = make(B, T, C, dtype, True)
             fwd = median_ms(ours, make(B, T, C, dtype, False))
-            both = median_ms(ours, make(B, T, C, dtype, True))
-            esp = (median_ms(espnet_fn(espnet), make(B, T, C, dtype, True))
-                   if espnet is not None and dtype == torch.float32 else None)
-            fl = median_ms(fla_fn, make(B, T, C, dtype, True)) if has_fla else None
+            both = median_ms(ours, grad_inputs)
+            both_k = kernel_ms(ours, grad_inputs)
+            esp = esp_k = fl = fl_k = None
+            if espnet is not None and dtype == torch.float32:  # ESPnet's kernel is fp32-only
+                esp = median_ms(espnet_fn(espnet), grad_inputs)
+                esp_k = kernel_ms(espnet_fn(espnet), grad_inputs)
+            if has_fla:
+                fl = median_ms(fla_fn, grad_inputs)
+                fl_k = kernel_ms(fla_fn, grad_inputs)
             floor = 8 * B * T * C * torch.finfo(dtype).bits / 8 / bw
 
             def f(x):
                 return "-" if x is None else f"{x:.3f}"
 
-            def r(x):
-                return "-" if x is None else f"{x / both:.2f}"
+            def r(x, ref):
+                return "-" if x is None else f"{x / ref:.2f}"
             print(f"| {B} | {T} | {C} | {str(dtype)[6:]} | {fwd:.3f} | {both:.3f} | {f(esp)} | {f(fl)} "
-                  f"| {floor:.3f} | {r(esp)} | {r(fl)} | {floor / both:.0%} |")
+                  f"| {r(esp, both)} | {r(fl, both)} | {both_k:.3f} | {f(esp_k)} | {f(fl_k)} | {r(esp_k, both_k)} "
+                  f"| {r(fl_k, both_k)} | {floor:.3f} | {floor / both_k:.0%} | {floor / both:.0%} |")
 
     print()
-    print("Streaming step, fp32, one chunk with carried state, no grad (us per call, 2000 calls back to back)")
+    print("Streaming step, fp32, one chunk with carried state, no grad. Host: us per wkv() call, 2000 calls "
+          "back to back; GPU: us per call replayed from a CUDA graph of 200 calls")
     empty_host = host_us(lambda: torch.cuda._sleep(0))
-    empty_gpu = gpu_us(lambda: torch.cuda._sleep(0))
+    empty_gpu = graph_gpu_us(lambda: torch.cuda._sleep(0))
     print(f"# empty kernel launch (torch.cuda._sleep(0)): {empty_host:.1f} us host, {empty_gpu:.1f} us GPU")
     print("| B | T | C | wkv() host | wkv() / empty | kernel GPU | kernel / empty |")
     print("|---|---|---|---|---|---|---|")
-    from espnet_rwkv.ops.cuda_loader import extension
-    ext = extension("wkv")
     for B in (1, 16, 64):
         for T in (8, 16, 32):
             C = 512
@@ -198,9 +248,8 @@ def main():
             state = empty_state(B, C, "cuda")
             with torch.no_grad():
                 h = host_us(lambda: wkv(td, tf, k, v, state))
-                g = gpu_us(lambda: ext.forward(td, tf, k, v, state, False))
+                g = graph_gpu_us(lambda: wkv(td, tf, k, v, state))
             print(f"| {B} | {T} | {C} | {h:.1f} | {h / empty_host:.2f} | {g:.1f} | {g / empty_gpu:.2f} |")
-
 
 if __name__ == "__main__":
     main()

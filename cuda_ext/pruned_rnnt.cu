@@ -187,7 +187,8 @@ __global__ void occupation_kernel(Lattice<scalar_t> L, const scalar_t* log_z,
 void check(const torch::Tensor& x, const char* name, int dim) {
   TORCH_CHECK(x.is_cuda(), "pruned_rnnt: ", name, " must be a CUDA tensor");
   TORCH_CHECK(x.is_contiguous(), "pruned_rnnt: ", name, " must be contiguous");
-  TORCH_CHECK(x.dim() == dim, "pruned_rnnt: ", name, " must have ", dim, " dims, got ", x.dim());
+  TORCH_CHECK(x.dim() == dim, "pruned_rnnt: ", name, " must have ", std::to_string(dim), " dims, got ",
+              std::to_string(x.dim()));  // integers as text: see wkv.cu
 }
 
 }  // namespace
@@ -227,7 +228,8 @@ std::vector<torch::Tensor> forward_backward(torch::Tensor blank, torch::Tensor e
                         logit_lengths.data_ptr<int64_t>(), target_lengths.data_ptr<int64_t>(),
                         alpha.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(), B, T, S};
     const size_t shared = 4 * static_cast<size_t>(S) * sizeof(scalar_t);
-    TORCH_CHECK(shared <= 48 * 1024, "pruned_rnnt: window of ", S, " slots is too wide for shared memory");
+    TORCH_CHECK(shared <= 48 * 1024, "pruned_rnnt: window of ", std::to_string(S),
+                " slots is too wide for shared memory");
     alpha_beta_kernel<scalar_t><<<B, 2 * kWarp, shared, stream>>>(L);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     // beta(0, 0), the lattice's total, where the first window starts at u = 0; else no path.

@@ -508,28 +508,43 @@ __global__ void wkv_param_grad_kernel(const float* __restrict__ time_decay,
   g_first[c] = su;
 }
 
-void check_cuda(const torch::Tensor& t, const char* name, int dim) {
-  TORCH_CHECK(t.is_cuda(), "wkv: ", name, " must be a CUDA tensor");
-  TORCH_CHECK(t.dim() == dim, "wkv: ", name, " must have ", dim, " dims, got ", t.dim());
+// Integers go into error messages as text: streaming an integer (or an IntArrayRef) into a
+// TORCH_CHECK message from this nvcc-compiled host code crashed the process on the H200
+// machine (torch 2.11, CUDA 13.0) instead of raising; std::to_string does not.
+// shape(t) is "(2, 8, 4)".
+std::string shape(const torch::Tensor& t) {
+  std::string s = "(";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + ")";
+}
+
+// t must have `dim` dims and live on `device`, k's CUDA device.
+void check_on(const torch::Tensor& t, const char* name, int dim, const c10::Device& device) {
+  TORCH_CHECK_VALUE(t.device() == device, "wkv: all inputs must be on one device, k is on ",
+                    device, " and ", name, " on ", t.device());
+  TORCH_CHECK_VALUE(t.dim() == dim, "wkv: ", name, " must have ", std::to_string(dim), " dims, got ",
+                    std::to_string(t.dim()));
 }
 
 torch::Tensor contiguous(const torch::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
 
-torch::Tensor float_param(const torch::Tensor& t, const char* name, int64_t C) {
-  check_cuda(t, name, 1);
-  TORCH_CHECK(t.size(0) == C, "wkv: ", name, " must be (", C, ",), got ", t.sizes());
+torch::Tensor float_param(const torch::Tensor& t, const char* name, int64_t C,
+                          const c10::Device& device) {
+  check_on(t, name, 1, device);
+  TORCH_CHECK_VALUE(t.size(0) == C, "wkv: ", name, " must be (", std::to_string(C), ",), got ",
+                    shape(t));
   return t.scalar_type() == at::kFloat ? contiguous(t) : t.to(at::kFloat).contiguous();
 }
 
-// The state (B, 3, C) float32, or nullptr for the empty state.
-const float* state_ptr(const std::optional<torch::Tensor>& s, torch::Tensor& keep, int64_t B,
-                       int64_t C, const char* name) {
-  if (!s.has_value() || !s->defined()) return nullptr;
-  check_cuda(*s, name, 3);
-  TORCH_CHECK(s->scalar_type() == at::kFloat && s->size(0) == B && s->size(1) == 3 &&
-              s->size(2) == C, "wkv: ", name, " must be (", B, ", 3, ", C, ") float32, got ",
-              s->sizes(), " ", s->scalar_type());
-  keep = contiguous(*s);
+// The state (B, 3, C) float32, or nullptr for the empty state (undefined tensor).
+const float* state_ptr(const torch::Tensor& s, torch::Tensor& keep, int64_t B, int64_t C,
+                       const char* name, const c10::Device& device) {
+  if (!s.defined()) return nullptr;
+  check_on(s, name, 3, device);
+  TORCH_CHECK_VALUE(s.scalar_type() == at::kFloat && s.size(0) == B && s.size(1) == 3 &&
+                    s.size(2) == C, "wkv: ", name, " must be (", std::to_string(B), ", 3, ",
+                    std::to_string(C), ") float32, got ", shape(s), " ", s.scalar_type());
+  keep = contiguous(s);
   return keep.data_ptr<float>();
 }
 
@@ -564,26 +579,31 @@ void launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, Args... args) {
 }
 
 // time_decay, time_first: (C,) any float dtype; k, v: (B, T, C), T > 0; state: (B, 3, C)
-// float32 or None (empty). Returns y (B, T, C) and the state after the last frame (B, 3, C);
-// with train, also what the backward needs: the state entering every kL frames
+// float32 or undefined (empty). Returns y (B, T, C) and the state after the last frame
+// (B, 3, C); with train, also what the backward needs: the state entering every kL frames
 // (B, ceil(T/kL), 3, C) and the frame that set the final max exponent (B, C) int32.
 std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch::Tensor& time_first,
                                    const torch::Tensor& k_in, const torch::Tensor& v_in,
-                                   const std::optional<torch::Tensor>& state, bool train) {
-  check_cuda(k_in, "k", 3);
-  check_cuda(v_in, "v", 3);
-  TORCH_CHECK(k_in.sizes() == v_in.sizes(), "wkv: k and v must have one shape");
-  TORCH_CHECK(k_in.scalar_type() == v_in.scalar_type(), "wkv: k and v must share a dtype");
-  const at::cuda::CUDAGuard guard(k_in.device());
+                                   const torch::Tensor& state, bool train) {
+  TORCH_CHECK_VALUE(k_in.is_cuda(), "wkv: k must be a CUDA tensor, got ", k_in.device());
+  const auto dev = k_in.device();
+  TORCH_CHECK_VALUE(k_in.dim() == 3 && k_in.sizes() == v_in.sizes(),
+                    "wkv: k and v must both be (B, T, C), got ", shape(k_in), " and ", shape(v_in));
+  check_on(v_in, "v", 3, dev);
+  const auto io = k_in.scalar_type();
+  TORCH_CHECK_TYPE(io == v_in.scalar_type() && (io == at::kFloat || io == at::kHalf ||
+                   io == at::kBFloat16), "wkv: k and v must share float32, bfloat16 or float16, "
+                   "got ", io, " and ", v_in.scalar_type());
+  const at::cuda::CUDAGuard guard(dev);
   const int64_t B = k_in.size(0), T = k_in.size(1), C = k_in.size(2);
-  TORCH_CHECK(T > 0, "wkv: T must be positive");
+  TORCH_CHECK_VALUE(T > 0, "wkv: T must be positive");
   // Frame offsets t*C are int, t up to T plus one super-chunk.
-  TORCH_CHECK((T + kL * kFwdRows) * C < (int64_t(1) << 31), "wkv: T*C too large");
-  const auto td = float_param(time_decay, "time_decay", C);
-  const auto tf = float_param(time_first, "time_first", C);
+  TORCH_CHECK_VALUE((T + kL * kFwdRows) * C < (int64_t(1) << 31), "wkv: T*C too large");
+  const auto td = float_param(time_decay, "time_decay", C, dev);
+  const auto tf = float_param(time_first, "time_first", C, dev);
   const auto k = contiguous(k_in), v = contiguous(v_in);
   torch::Tensor s_keep;
-  const float* s_in = state_ptr(state, s_keep, B, C, "state");
+  const float* s_in = state_ptr(state, s_keep, B, C, "state", dev);
   auto y = torch::empty_like(k);
   const auto f32 = k.options().dtype(at::kFloat);
   auto state_out = torch::empty({B, 3, C}, f32);
@@ -610,27 +630,23 @@ std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch:
 }
 
 // The forward's inputs and train outputs, and the cotangents of y and of the final state
-// (None: zero). Returns the gradients of time_decay and time_first (C,) float32, of k and
-// v (B, T, C), and of the initial state (B, 3, C), undefined (None) when it was empty.
+// (undefined: zero). Returns the gradients of time_decay and time_first (C,) float32, of k
+// and v (B, T, C), and of the initial state (B, 3, C), undefined when it was empty.
 std::vector<torch::Tensor> backward(
     const torch::Tensor& time_decay, const torch::Tensor& time_first, const torch::Tensor& k_in,
-    const torch::Tensor& v_in, const std::optional<torch::Tensor>& state,
-    const torch::Tensor& saved, const torch::Tensor& state_out, const torch::Tensor& amax,
-    const std::optional<torch::Tensor>& grad_y, const std::optional<torch::Tensor>& grad_state) {
-  const at::cuda::CUDAGuard guard(k_in.device());
+    const torch::Tensor& v_in, const torch::Tensor& state, const torch::Tensor& saved,
+    const torch::Tensor& state_out, const torch::Tensor& amax, const torch::Tensor& grad_y,
+    const torch::Tensor& grad_state) {
+  const auto dev = k_in.device();
+  const at::cuda::CUDAGuard guard(dev);
   const int64_t B = k_in.size(0), T = k_in.size(1), C = k_in.size(2);
-  const auto td = float_param(time_decay, "time_decay", C);
-  const auto tf = float_param(time_first, "time_first", C);
+  const auto td = float_param(time_decay, "time_decay", C, dev);
+  const auto tf = float_param(time_first, "time_first", C, dev);
   const auto k = contiguous(k_in), v = contiguous(v_in);
-  TORCH_CHECK(saved.is_contiguous() && state_out.is_contiguous() && amax.is_contiguous(),
-              "wkv: saved forward tensors must be contiguous");
   torch::Tensor s_keep, gs_keep, gy;
-  const float* s_in = state_ptr(state, s_keep, B, C, "state");
-  const float* gs_out = state_ptr(grad_state, gs_keep, B, C, "grad of state");
-  if (grad_y.has_value() && grad_y->defined()) {
-    TORCH_CHECK(grad_y->sizes() == k.sizes(), "wkv: grad of y must be shaped as k");
-    gy = contiguous(grad_y->to(k.scalar_type()));
-  }
+  const float* s_in = state_ptr(state, s_keep, B, C, "state", dev);
+  const float* gs_out = state_ptr(grad_state, gs_keep, B, C, "grad of state", dev);
+  if (grad_y.defined()) gy = contiguous(grad_y.to(k.scalar_type()));
   auto gk = torch::empty_like(k);
   auto gv = torch::empty_like(v);
   const auto f32 = k.options().dtype(at::kFloat);
@@ -660,9 +676,56 @@ std::vector<torch::Tensor> backward(
   return {g_decay, g_first, gk, gv, gstate};
 }
 
+// The autograd node, in C++ so that the engine's backward never enters Python: a Python
+// autograd.Function costs ~170 us of host time per backward on the H200 (NOTES_wkv.md),
+// twice the kernels' GPU time at B16 T1024 C512.
+struct WKVFunction : torch::autograd::Function<WKVFunction> {
+  // From the empty state: a C++ node takes no undefined input, so this one has four.
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, const torch::Tensor& time_decay,
+      const torch::Tensor& time_first, const torch::Tensor& k, const torch::Tensor& v) {
+    return forward(ctx, time_decay, time_first, k, v, torch::Tensor());
+  }
+
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, const torch::Tensor& time_decay,
+      const torch::Tensor& time_first, const torch::Tensor& k, const torch::Tensor& v,
+      const torch::Tensor& state) {
+    ctx->set_materialize_grads(false);  // an unused output's cotangent stays undefined, not zeros
+    auto out = ::forward(time_decay, time_first, k, v, state, /*train=*/true);
+    ctx->save_for_backward({time_decay, time_first, k, v, state, out[2], out[1], out[3]});
+    return {out[0], out[1]};
+  }
+
+  // Parameter gradients come as float32; the engine casts them to the parameters' dtype. The
+  // state's gradient is undefined when the state was empty (the four-input node).
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    return ::backward(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], grads[0], grads[1]);
+  }
+};
+
+// WKV with an optional state (None: empty): y (B, T, C) and the state after the last frame.
+// One autograd node when grad mode is on and an input needs a gradient; otherwise (inference,
+// streaming) nothing is saved.
+std::vector<torch::Tensor> wkv(const torch::Tensor& time_decay, const torch::Tensor& time_first,
+                               const torch::Tensor& k, const torch::Tensor& v,
+                               const std::optional<torch::Tensor>& state) {
+  const torch::Tensor s = state.value_or(torch::Tensor());
+  const bool needs_grad =
+      at::GradMode::is_enabled() && (time_decay.requires_grad() || time_first.requires_grad() ||
+                                     k.requires_grad() || v.requires_grad() ||
+                                     (s.defined() && s.requires_grad()));
+  if (needs_grad) {
+    return s.defined() ? WKVFunction::apply(time_decay, time_first, k, v, s)
+                       : WKVFunction::apply(time_decay, time_first, k, v);
+  }
+  return forward(time_decay, time_first, k, v, s, /*train=*/false);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "WKV forward: y, final state (+ saved row states, argmax if train)");
-  m.def("backward", &backward, "WKV backward: grads of time_decay, time_first, k, v, state");
+  m.def("wkv", &wkv, "WKV: y and the final state, differentiable through a C++ autograd node");
 }

@@ -190,3 +190,55 @@ def test_auto_backend_uses_the_extension():
     y_auto, _ = wkv(td, tf, k, v)
     y_cuda, _ = wkv(td, tf, k, v, backend="cuda")
     assert torch.equal(y_auto, y_cuda)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda a: {**a, "v": a["v"][:, :-1]}, "must both be"),
+        (lambda a: {**a, "v": a["v"].half()}, "must share"),
+        (lambda a: {**a, "time_decay": a["time_decay"][:-1]}, "time_decay must be"),
+        (lambda a: {**a, "time_first": a["time_first"].cpu()}, "one device"),
+        (lambda a: {**a, "state": torch.zeros(2, 3, 4, dtype=torch.float64, device=DEV)}, "state must be"),
+        (lambda a: {**a, "state": torch.zeros(3, 3, 4, device=DEV)}, "state must be"),
+    ],
+)
+def test_auto_backend_bad_input_raises_clear_error(change, message):
+    # CUDA inputs skip the Python checks: the extension raises the same errors.
+    td, tf, k, v = _inputs(2, 8, 4)
+    kwargs = change(dict(time_decay=td, time_first=tf, k=k, v=v))
+    with pytest.raises((ValueError, TypeError), match=message):
+        wkv(**kwargs)
+
+
+def test_auto_backend_zero_length_returns_state_unchanged():
+    td, tf, k, v = _inputs(2, 0, 4)
+    state = _state(2, 4)
+    y, out = wkv(td, tf, k, v, state)
+    assert y.shape == (2, 0, 4) and out is state
+
+
+def test_parameter_gradients_take_the_parameters_dtype():
+    # The kernel's parameter gradients are float32; autograd casts them to bf16 parameters.
+    td, tf, k, v = _inputs(2, 50, 16)
+    gy = torch.randn(2, 50, 16, device=DEV, dtype=torch.float64)
+    gs = torch.zeros(2, 3, 16, device=DEV, dtype=torch.float64)
+    state = empty_state(2, 16, DEV)
+    bf = [td.bfloat16(), tf.bfloat16()]
+    _, _, grads = _grads(lambda *a: wkv(*a, backend="cuda"), bf + [k, v, state], gy, gs)
+    _, _, grads_ref = _grads(lambda *a: wkv_reference(*a),
+                             [t.double().cpu() for t in bf + [k, v, state]], gy, gs)
+    for got, ref in zip(grads[:2], grads_ref[:2]):
+        assert got.dtype == torch.bfloat16
+        assert _rel(got, ref) < HALF_TOL[torch.bfloat16]
+
+
+def test_backward_node_is_the_extensions():
+    # The autograd node lives in C++: the engine never runs Python for the backward.
+    td, tf, k, v = [t.requires_grad_() for t in _inputs(1, 10, 8)]
+    y, s = wkv(td, tf, k, v, backend="cuda")
+    for out in (y, s):
+        assert "WKVFunction" in out.grad_fn.name()
+        assert not isinstance(out.grad_fn, torch.autograd.function.BackwardCFunction)
+    with torch.no_grad():
+        assert wkv(td, tf, k, v, backend="cuda")[0].grad_fn is None
