@@ -709,19 +709,19 @@ struct WKVFunction : torch::autograd::Function<WKVFunction> {
 // WKV with an optional state (None: empty): y (B, T, C) and the state after the last frame.
 // One autograd node when grad mode is on and an input needs a gradient; otherwise (inference,
 // streaming) nothing is saved.
-std::vector<torch::Tensor> wkv(const torch::Tensor& time_decay, const torch::Tensor& time_first,
-                               const torch::Tensor& k, const torch::Tensor& v,
-                               const std::optional<torch::Tensor>& state) {
+std::tuple<torch::Tensor, torch::Tensor> wkv(const torch::Tensor& time_decay,
+                                             const torch::Tensor& time_first,
+                                             const torch::Tensor& k, const torch::Tensor& v,
+                                             const std::optional<torch::Tensor>& state) {
   const torch::Tensor s = state.value_or(torch::Tensor());
   const bool needs_grad =
       at::GradMode::is_enabled() && (time_decay.requires_grad() || time_first.requires_grad() ||
                                      k.requires_grad() || v.requires_grad() ||
                                      (s.defined() && s.requires_grad()));
-  if (needs_grad) {
-    return s.defined() ? WKVFunction::apply(time_decay, time_first, k, v, s)
-                       : WKVFunction::apply(time_decay, time_first, k, v);
-  }
-  return forward(time_decay, time_first, k, v, s, /*train=*/false);
+  const auto out = !needs_grad ? forward(time_decay, time_first, k, v, s, /*train=*/false)
+                   : s.defined() ? WKVFunction::apply(time_decay, time_first, k, v, s)
+                                 : WKVFunction::apply(time_decay, time_first, k, v);
+  return {out[0], out[1]};
 }
 
 }  // namespace

@@ -28,5 +28,4 @@ def wkv_cuda(time_decay, time_first, k, v, state=None):
         differentiable when grad mode is on and an input requires grad (parameter
         gradients are computed in float32 and cast to the parameters' dtype).
     """
-    y, state_out = _extension().wkv(time_decay, time_first, k, v, state)
-    return y, state_out
+    return _extension().wkv(time_decay, time_first, k, v, state)
