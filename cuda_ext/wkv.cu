@@ -2,13 +2,13 @@
 //
 // Parallel over time by the associativity of the state update (RWKV paper,
 // arXiv 2305.13048): a block owns 32 channels (one per lane) of one batch row
-// and walks time in super-chunks of G*kL frames, G thread rows of kL frames
-// each. A row summarises its frames from the empty state, the G summaries of a
+// and walks time in super-chunks of G*R frames, G thread rows of R frames
+// each (R = 16 for 2-byte I/O in the forward, else kL = 8). A row summarises its frames from the empty state, the G summaries of a
 // channel are scanned by G lanes of one warp with shuffles (Hillis-Steele),
 // folded into the carry from the previous super-chunk, and each row then
 // produces its outputs from its entering state. k and v are read once, the
 // next super-chunk's are loaded while the current one is computed. In training
-// the state entering every row (every kL frames) is saved, so the backward
+// the state entering every kL frames is saved, so the backward (rows of kL)
 // needs no forward scan.
 //
 // All sums are kept scaled by their largest exponent (the running max p of
@@ -38,6 +38,7 @@ constexpr int kLanes = 32;         // channels per block, one per lane
 constexpr int kLog2L = 3;
 constexpr int kL = 1 << kLog2L;    // frames per thread row; states are saved every kL frames
 constexpr int kFwdRows = 16;       // most thread rows of the forward (512 threads, 2 blocks/SM)
+constexpr int kFwdMaxLog2R = 4;    // longest forward row: 16 frames
 constexpr int kBwdRows = 8;        // of the backward (more registers per frame)
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -82,13 +83,19 @@ __device__ __forceinline__ float decay_rate(const float* time_decay, int c) {
   return static_cast<float>(-exp(static_cast<double>(time_decay[c])));
 }
 
-// Runs body(FullRow) for a row of kL frames, else body(PartRow), which checks each frame
+// Frames per forward thread row: 16 for 2-byte I/O, which halves the per-frame share of
+// the row scan (SASS: ~27 of 98 instructions per frame at 8), 8 for fp32, whose tiles of
+// 16-frame rows would not leave two blocks per SM. A multiple of kL.
+template <typename scalar_t>
+constexpr int kFwdLog2R = sizeof(scalar_t) == 2 ? kFwdMaxLog2R : kLog2L;
+
+// Runs body(FullRow) for a row of kN frames, else body(PartRow), which checks each frame
 // against n: full rows, nearly all of them, run without per-frame guards.
 struct FullRow { static constexpr bool value = true; };
 struct PartRow { static constexpr bool value = false; };
-template <typename Body>
+template <int kN, typename Body>
 __device__ __forceinline__ void rows_of(int n, Body&& body) {
-  if (n == kL) body(FullRow{});
+  if (n == kN) body(FullRow{});
   else body(PartRow{});
 }
 
@@ -109,9 +116,9 @@ __device__ __forceinline__ void cp_async_wait_all() {
 
 // Stages frames [base, base + 2^log2rows) of channels [c0, c0 + 32) of one (T, C) tensor
 // into dst[rows][32]. vec (C a multiple of 16 bytes, 16-byte aligned data): 16-byte
-// copies spread over the block; else each thread copies its own frames (rows g*kL..,
+// copies spread over the block; else each thread copies its own kN frames (rows g*kN..,
 // channel x) with plain loads. Frames past T and channels past C are left as they are.
-template <typename scalar_t>
+template <int kN, typename scalar_t>
 __device__ __forceinline__ void stage_rows(scalar_t* dst, const scalar_t* src, int base,
                                            int log2rows, int T, int C, int c0, bool vec) {
   if (vec) {
@@ -126,8 +133,8 @@ __device__ __forceinline__ void stage_rows(scalar_t* dst, const scalar_t* src, i
   } else {
     const int c = c0 + threadIdx.x;
 #pragma unroll
-    for (int i = 0; i < kL; ++i) {
-      const int r = threadIdx.y * kL + i;
+    for (int i = 0; i < kN; ++i) {
+      const int r = threadIdx.y * kN + i;
       if (base + r < T && c < C) dst[r * kLanes + threadIdx.x] = src[(base + r) * C + c];
     }
   }
@@ -142,7 +149,7 @@ struct FwdShared {
   int idx[kFwdRows][kLanes + 1];
 };
 
-template <bool kArgmax>
+template <int kN, bool kArgmax>
 __device__ __forceinline__ void forward_scan(FwdShared& sh, int G, int gs, int xs, float w,
                                              float& ca, float& cb, float& cp, int& ci) {
   float ra = sh.a[gs][xs], rb = sh.b[gs][xs], rp = sh.p[gs][xs];
@@ -152,7 +159,7 @@ __device__ __forceinline__ void forward_scan(FwdShared& sh, int G, int gs, int x
     float op = __shfl_up_sync(kFull, rp, off, G);
     int oi = kArgmax ? __shfl_up_sync(kFull, ri, off, G) : 0;
     if (gs >= off) {
-      merge(oa, ob, op, oi, static_cast<float>(off * kL) * w, ra, rb, rp, ri);
+      merge(oa, ob, op, oi, static_cast<float>(off * kN) * w, ra, rb, rp, ri);
       ra = oa; rb = ob; rp = op; ri = oi;
     }
   }
@@ -162,18 +169,18 @@ __device__ __forceinline__ void forward_scan(FwdShared& sh, int G, int gs, int x
   int ei = kArgmax ? __shfl_up_sync(kFull, ri, 1, G) : 0;
   float na = ca, nb = cb, np = cp;
   int ni = ci;
-  if (gs > 0) merge(na, nb, np, ni, static_cast<float>(gs * kL) * w, ea, eb, ep, ei);
+  if (gs > 0) merge(na, nb, np, ni, static_cast<float>(gs * kN) * w, ea, eb, ep, ei);
   sh.a[gs][xs] = na; sh.b[gs][xs] = nb; sh.p[gs][xs] = np;
   if (kArgmax) sh.idx[gs][xs] = ni;
   const float ta = __shfl_sync(kFull, ra, G - 1, G), tb = __shfl_sync(kFull, rb, G - 1, G);
   const float tp = __shfl_sync(kFull, rp, G - 1, G);
   const int ti = kArgmax ? __shfl_sync(kFull, ri, G - 1, G) : 0;
-  merge(ca, cb, cp, ci, static_cast<float>(G * kL) * w, ta, tb, tp, ti);
+  merge(ca, cb, cp, ci, static_cast<float>(G * kN) * w, ta, tb, tp, ti);
 }
 
 // Grid: B * ceil(C/32) blocks; block (32, G), G a power of two <= kFwdRows; dynamic
-// shared memory: two stages of k and v tiles, 2 * 2 * G*kL * 32 elements.
-// kTrain: also save the state entering every row ((B, ceil(T/kL), 3, C)) and the
+// shared memory: two stages of k and v tiles, 2 * 2 * G*R * 32 elements, R frames a row.
+// kTrain: also save the state entering every kL frames ((B, ceil(T/kL), 3, C)) and the
 // frame that set the final max exponent (argmax, (B, C); -1: the initial p).
 template <typename scalar_t, bool kTrain>
 __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
@@ -185,8 +192,9 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
   __shared__ FwdShared sh;
   extern __shared__ float4 dyn[];
   scalar_t* tiles = reinterpret_cast<scalar_t*>(dyn);
+  constexpr int kR = 1 << kFwdLog2R<scalar_t>;  // frames per thread row
   const int G = 1 << log2G, g = threadIdx.y, x = threadIdx.x;
-  const int log2rows = log2G + kLog2L, rows = 1 << log2rows;
+  const int log2rows = log2G + kFwdLog2R<scalar_t>, rows = 1 << log2rows;
   const int n_cb = (C + kLanes - 1) / kLanes;
   const int bi = blockIdx.x / n_cb, c0 = (blockIdx.x % n_cb) * kLanes;
   const int c = c0 + x;
@@ -211,8 +219,8 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
 
   auto stage = [&](int st, int base) {
     scalar_t* tk = tiles + st * 2 * rows * kLanes;
-    stage_rows(tk, k, base, log2rows, T, C, c0, vec);
-    stage_rows(tk + rows * kLanes, v, base, log2rows, T, C, c0, vec);
+    stage_rows<kR>(tk, k, base, log2rows, T, C, c0, vec);
+    stage_rows<kR>(tk + rows * kLanes, v, base, log2rows, T, C, c0, vec);
     cp_async_commit();
   };
   stage(0, 0);
@@ -221,18 +229,18 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
     cp_async_wait_all();
     __syncthreads();  // this stage landed; everyone is done with the other one
     if (base + rows < T) stage(st ^ 1, base + rows);
-    const scalar_t* ks = tiles + st * 2 * rows * kLanes + g * kL * kLanes + x;  // frame i: ks[i * 32]
+    const scalar_t* ks = tiles + st * 2 * rows * kLanes + g * kR * kLanes + x;  // frame i: ks[i * 32]
     const scalar_t* vs = ks + rows * kLanes;
-    const int t0 = base + g * kL;
-    const int n = live ? max(0, min(kL, T - t0)) : 0;  // this row's frames
+    const int t0 = base + g * kR;
+    const int n = live ? max(0, min(kR, T - t0)) : 0;  // this row's frames
     // Row summary from the empty state: max exponent first, then one exp per frame.
     float sp = kEmptyP, sa = 0.f, sb = 0.f;
     int sidx = -1;
-    rows_of(n, [&](auto all) {
+    rows_of<kR>(n, [&](auto all) {
 #pragma unroll
-      for (int i = 0; i < kL; ++i) {
+      for (int i = 0; i < kR; ++i) {
         if (all.value || i < n) {
-          const float e = fmaf(static_cast<float>(kL - 1 - i), w, to_f(ks[i * kLanes]));
+          const float e = fmaf(static_cast<float>(kR - 1 - i), w, to_f(ks[i * kLanes]));
           if (e > sp) {
             sp = e;
             if (kTrain) sidx = t0 + i;
@@ -240,9 +248,9 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
         }
       }
 #pragma unroll
-      for (int i = 0; i < kL; ++i) {
+      for (int i = 0; i < kR; ++i) {
         if (all.value || i < n) {
-          const float e = __expf(fmaf(static_cast<float>(kL - 1 - i), w, to_f(ks[i * kLanes])) - sp);
+          const float e = __expf(fmaf(static_cast<float>(kR - 1 - i), w, to_f(ks[i * kLanes])) - sp);
           sa = fmaf(e, to_f(vs[i * kLanes]), sa);
           sb += e;
         }
@@ -251,19 +259,20 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
     sh.a[g][x] = sa; sh.b[g][x] = sb; sh.p[g][x] = sp;
     if (kTrain) sh.idx[g][x] = sidx;
     __syncthreads();
-    forward_scan<kTrain>(sh, G, gs, xs, ws, ca, cb, cp, ci);
+    forward_scan<kR, kTrain>(sh, G, gs, xs, ws, ca, cb, cp, ci);
     __syncthreads();
     float a = sh.a[g][x], b = sh.b[g][x], p = sh.p[g][x];
     int idx = kTrain ? sh.idx[g][x] : 0;
-    if (kTrain && n > 0) {
-      float* sv = saved + ((size_t)bi * n_saved + t0 / kL) * 3 * C;
-      sv[c] = a; sv[C + c] = b; sv[2 * C + c] = p;
-    }
     scalar_t* yr = y + t0 * C + c;
-    rows_of(n, [&](auto all) {
+    float* sv = saved + ((size_t)bi * n_saved + t0 / kL) * 3 * C + c;
+    rows_of<kR>(n, [&](auto all) {
 #pragma unroll
-      for (int i = 0; i < kL; ++i) {
+      for (int i = 0; i < kR; ++i) {
         if (all.value || i < n) {
+          if (kTrain && i % kL == 0) {  // the state entering frame t0 + i, for the backward
+            float* svi = sv + (i / kL) * 3 * C;
+            svi[0] = a; svi[C] = b; svi[2 * C] = p;
+          }
           const float kt = to_f(ks[i * kLanes]), vt = to_f(vs[i * kLanes]);
           float c1, c2;
           rescale(p, u + kt, c1, c2);
@@ -372,9 +381,9 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
 
   auto stage = [&](int st, int base) {
     scalar_t* tk = tiles + st * 3 * rows * kLanes;
-    stage_rows(tk, k, base, log2rows, T, C, c0, vec);
-    stage_rows(tk + rows * kLanes, v, base, log2rows, T, C, c0, vec);
-    if (gy != nullptr) stage_rows(tk + 2 * rows * kLanes, gy, base, log2rows, T, C, c0, vec);
+    stage_rows<kL>(tk, k, base, log2rows, T, C, c0, vec);
+    stage_rows<kL>(tk + rows * kLanes, v, base, log2rows, T, C, c0, vec);
+    if (gy != nullptr) stage_rows<kL>(tk + 2 * rows * kLanes, gy, base, log2rows, T, C, c0, vec);
     const int t0 = base + g * kL;
     if (live && t0 < T) {
       const float* s = sv + (size_t)(t0 / kL) * 3 * C + c;
@@ -403,7 +412,7 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
     // frame: y, the update's factors (packed), a and b times the update's c1, and the
     // sources of lambda and of gv.
     float yr[kL], fr[kL], ar[kL], br[kL], alr[kL], gmr[kL];
-    rows_of(n, [&](auto all) {
+    rows_of<kL>(n, [&](auto all) {
 #pragma unroll
       for (int i = 0; i < kL; ++i) {
         if (all.value || i < n) {
@@ -431,7 +440,7 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
     // and each output's local part plus its coefficient of the adjoint at the row's end.
     float S = 1.f, ll = 0.f, ml = 0.f, gwl = 0.f, Ga = 0.f, Gb = 0.f;
     float gkl[kL], gvl[kL], sg[kL];
-    rows_of(n, [&](auto all) {
+    rows_of<kL>(n, [&](auto all) {
 #pragma unroll
       for (int i = kL - 1; i >= 0; --i) {
         if (all.value || i < n) {
@@ -460,7 +469,7 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
     gw_acc += fmaf(le, Ga, fmaf(me, Gb, gwl));
     scalar_t* gkr = gk + t0 * C + c;
     scalar_t* gvr = gv + t0 * C + c;
-    rows_of(n, [&](auto all) {
+    rows_of<kL>(n, [&](auto all) {
 #pragma unroll
       for (int i = 0; i < kL; ++i) {
         if (all.value || i < n) {
@@ -555,10 +564,10 @@ const float* state_ptr(const torch::Tensor& s, torch::Tensor& keep, int64_t B, i
                      AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
                      AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
-// Thread rows for T frames: a power of two, at most `most`.
-int log2_rows(int64_t T, int most) {
+// Thread rows of row_frames frames each for T frames: a power of two, at most `most`.
+int log2_rows(int64_t T, int most, int row_frames) {
   int r = 0;
-  while ((1 << r) < most && (int64_t)(1 << r) * kL < T) ++r;
+  while ((1 << r) < most && (int64_t)(1 << r) * row_frames < T) ++r;
   return r;
 }
 
@@ -598,7 +607,7 @@ std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch:
   const int64_t B = k_in.size(0), T = k_in.size(1), C = k_in.size(2);
   TORCH_CHECK_VALUE(T > 0, "wkv: T must be positive");
   // Frame offsets t*C are int, t up to T plus one super-chunk.
-  TORCH_CHECK_VALUE((T + kL * kFwdRows) * C < (int64_t(1) << 31), "wkv: T*C too large");
+  TORCH_CHECK_VALUE((T + (kFwdRows << kFwdMaxLog2R)) * C < (int64_t(1) << 31), "wkv: T*C too large");
   const auto td = float_param(time_decay, "time_decay", C, dev);
   const auto tf = float_param(time_first, "time_first", C, dev);
   const auto k = contiguous(k_in), v = contiguous(v_in);
@@ -613,11 +622,12 @@ std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch:
     amax = torch::empty({B, C}, k.options().dtype(at::kInt));
   }
   if (B * C > 0) {
-    const int log2G = log2_rows(T, kFwdRows);
-    const dim3 grid(B * ((C + kLanes - 1) / kLanes)), block(kLanes, 1 << log2G);
     const bool vec = vec_ok({&k, &v}, C);
     WKV_DISPATCH(k.scalar_type(), "wkv_forward", [&] {
-      const size_t smem = 2 * 2 * (kL << log2G) * kLanes * sizeof(scalar_t);
+      constexpr int kLog2R = kFwdLog2R<scalar_t>;
+      const int log2G = log2_rows(T, kFwdRows, 1 << kLog2R);
+      const dim3 grid(B * ((C + kLanes - 1) / kLanes)), block(kLanes, 1 << log2G);
+      const size_t smem = 2 * 2 * (size_t(1) << (kLog2R + log2G)) * kLanes * sizeof(scalar_t);
       auto kernel = train ? wkv_forward_kernel<scalar_t, true> : wkv_forward_kernel<scalar_t, false>;
       launch(kernel, grid, block, smem, td.data_ptr<float>(), tf.data_ptr<float>(),
              k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), s_in, y.data_ptr<scalar_t>(),
@@ -655,7 +665,7 @@ std::vector<torch::Tensor> backward(
   auto g_first = torch::empty({C}, f32);
   if (B * C == 0) return {g_decay.zero_(), g_first.zero_(), gk, gv, gstate};
   auto parts = torch::empty({2, B, C}, f32);  // gw, gu per batch row
-  const int log2G = log2_rows(T, kBwdRows);
+  const int log2G = log2_rows(T, kBwdRows, kL);
   const dim3 grid(B * ((C + kLanes - 1) / kLanes)), block(kLanes, 1 << log2G);
   const bool vec = vec_ok({&k, &v, &gy}, C);
   WKV_DISPATCH(k.scalar_type(), "wkv_backward", [&] {
