@@ -203,6 +203,7 @@ def main():
         has_fla = True
     except ImportError:
         has_fla = False
+    espnet_run = espnet_fn(espnet) if espnet is not None else None
     wkv(*make(1, 4, 32, torch.float32, False)()[:4], backend="cuda")  # build/load our extension
 
     print("| B | T | C | dtype | ours fwd | ours fwd+bwd | ESPnet fwd+bwd | fla fwd+bwd | ESPnet/ours | fla/ours "
@@ -216,9 +217,9 @@ def main():
             both = median_ms(ours, grad_inputs)
             both_k = kernel_ms(ours, grad_inputs)
             esp = esp_k = fl = fl_k = None
-            if espnet is not None and dtype == torch.float32:  # ESPnet's kernel is fp32-only
-                esp = median_ms(espnet_fn(espnet), grad_inputs)
-                esp_k = kernel_ms(espnet_fn(espnet), grad_inputs)
+            if espnet_run is not None and dtype == torch.float32:  # ESPnet's kernel is fp32-only
+                esp = median_ms(espnet_run, grad_inputs)
+                esp_k = kernel_ms(espnet_run, grad_inputs)
             if has_fla:
                 fl = median_ms(fla_fn, grad_inputs)
                 fl_k = kernel_ms(fla_fn, grad_inputs)
@@ -250,6 +251,7 @@ def main():
                 h = host_us(lambda: wkv(td, tf, k, v, state))
                 g = graph_gpu_us(lambda: wkv(td, tf, k, v, state))
             print(f"| {B} | {T} | {C} | {h:.1f} | {h / empty_host:.2f} | {g:.1f} | {g / empty_gpu:.2f} |")
+
 
 if __name__ == "__main__":
     main()

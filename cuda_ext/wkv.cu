@@ -277,12 +277,7 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
           float c1, c2;
           rescale(p, u + kt, c1, c2);
           yr[i * C] = from_f<scalar_t>(__fdividef(a * c1 + vt * c2, b * c1 + c2));
-          const float pw = p + w;
-          rescale(pw, kt, c1, c2);
-          a = a * c1 + vt * c2;
-          b = b * c1 + c2;
-          if (kTrain && kt > pw) idx = t0 + i;
-          p = fmaxf(pw, kt);
+          merge(a, b, p, idx, w, vt, 1.f, kt, t0 + i);  // the state after frame t0 + i
         }
       }
     });
@@ -678,11 +673,9 @@ std::vector<torch::Tensor> backward(
            gv.data_ptr<scalar_t>(), gstate.defined() ? gstate.data_ptr<float>() : nullptr,
            parts.data_ptr<float>(), parts.data_ptr<float>() + B * C, (int)T, (int)C, log2G, vec);
   });
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  wkv_param_grad_kernel<<<(C + 255) / 256, 256, 0, stream>>>(
-      td.data_ptr<float>(), parts.data_ptr<float>(), parts.data_ptr<float>() + B * C,
-      g_decay.data_ptr<float>(), g_first.data_ptr<float>(), (int)B, (int)C);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(wkv_param_grad_kernel, dim3((C + 255) / 256), dim3(256), 0, td.data_ptr<float>(),
+         parts.data_ptr<float>(), parts.data_ptr<float>() + B * C, g_decay.data_ptr<float>(),
+         g_first.data_ptr<float>(), (int)B, (int)C);
   return {g_decay, g_first, gk, gv, gstate};
 }
 

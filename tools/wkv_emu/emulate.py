@@ -23,7 +23,7 @@ ROOT = HERE.parents[1]
 
 
 def build(src=ROOT / "cuda_ext" / "wkv.cu", name="wkv_emu", asan=False):
-    """The emulated extension module (same forward/backward API as the CUDA one)."""
+    """The emulated extension module (the same `wkv` as the CUDA one)."""
     from torch.utils.cpp_extension import load
 
     s = Path(src).read_text()
@@ -35,13 +35,11 @@ def build(src=ROOT / "cuda_ext" / "wkv.cu", name="wkv_emu", asan=False):
     s = s[:start] + s[end:]  # cuda_emu.h has these
     s = s.replace("extern __shared__ float4 dyn[];", "float4* dyn = emu::g_dyn;")
     launches = s.count("<<<")
-    s, n1 = re.subn(r"kernel<<<grid, block, smem, c10::cuda::getCurrentCUDAStream\(\)>>>\(args\.\.\.\);",
-                    "emu::launch(kernel, grid, block, smem, args...);", s)
-    s, n2 = re.subn(r"(\w+)<<<([^,]+), ([^,]+), 0, stream>>>\(", r"emu::launch(\1, dim3(\2), dim3(\3), 0, ", s)
-    assert n1 + n2 == launches, "a launch the emulator does not know"
+    s, n = re.subn(r"kernel<<<grid, block, smem, c10::cuda::getCurrentCUDAStream\(\)>>>\(args\.\.\.\);",
+                   "emu::launch(kernel, grid, block, smem, args...);", s)
+    assert n == launches, "a launch the emulator does not know"
     s = re.sub(r"\w+\.is_cuda\(\)", "true", s)
     s = re.sub(r"\n\s*const at::cuda::CUDAGuard guard\([^;]*\);", "", s)
-    s = re.sub(r"\n\s*auto stream = c10::cuda::getCurrentCUDAStream\(\);", "", s)
     s = s.replace("torch::empty_like(", "emu::empty_like_poisoned(").replace("torch::empty(", "emu::empty_poisoned(")
     build_dir = Path(tempfile.gettempdir()) / "wkv_emu_src"
     build_dir.mkdir(exist_ok=True)
