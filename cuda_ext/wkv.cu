@@ -3,10 +3,10 @@
 // Parallel over time by the associativity of the state update (RWKV paper,
 // arXiv 2305.13048): a block owns 32 channels (one per lane) of one batch row
 // and walks time in super-chunks of G*R frames, G thread rows of R frames
-// each (R = 16 for 2-byte I/O in the forward, else kL = 8). A row summarises its frames from the empty state, the G summaries of a
-// channel are scanned by G lanes of one warp with shuffles (Hillis-Steele),
-// folded into the carry from the previous super-chunk, and each row then
-// produces its outputs from its entering state. k and v are read once, the
+// each (R = 16 for 2-byte I/O in the forward, else kL = 8). A row summarises
+// its frames from the empty state, one warp folds the G summaries of each
+// channel in order into the carry from the previous super-chunk, giving each
+// row its entering state, and each row then produces its outputs from it. k and v are read once, the
 // next super-chunk's are loaded while the current one is computed. In training
 // the state entering every kL frames is saved, so the backward (rows of kL)
 // needs no forward scan.
@@ -24,12 +24,13 @@
 // c1_t = e^{p_t + w - p_{t+1}} <= 1, d_t, q_t the output's scaled denominator
 // and max exponent. They stay bounded (q_s >= p_t + (s-t) w for s >= t), the
 // reverse pass needs no exp, and chunks combine as affine maps (P, R):
-// lambda_start = R + P lambda_end. Per row, everything that depends on the
-// adjoint at the row's end is split into a local part and a coefficient of
-// (lambda_end, mu_end), so the reverse pass runs once before the scan.
+// lambda_start = R + P lambda_end. Each row builds its map in time order while it
+// recomputes the forward, the rows are chained from the end, and one reverse pass
+// per row then has the exact adjoints: no per-frame partial results are kept.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <ATen/cuda/EmptyTensor.h>
 
 namespace {
 
@@ -40,7 +41,6 @@ constexpr int kL = 1 << kLog2L;    // frames per thread row; states are saved ev
 constexpr int kFwdRows = 16;       // most thread rows of the forward (512 threads, 2 blocks/SM)
 constexpr int kFwdMaxLog2R = 4;    // longest forward row: 16 frames
 constexpr int kBwdRows = 8;        // of the backward (more registers per frame)
-constexpr unsigned kFull = 0xffffffffu;
 
 template <typename T> __device__ __forceinline__ float to_f(T x) { return static_cast<float>(x); }
 template <typename T> __device__ __forceinline__ T from_f(float x) { return static_cast<T>(x); }
@@ -84,8 +84,8 @@ __device__ __forceinline__ float decay_rate(const float* time_decay, int c) {
 }
 
 // Frames per forward thread row: 16 for 2-byte I/O, which halves the per-frame share of
-// the row scan (SASS: ~27 of 98 instructions per frame at 8), 8 for fp32, whose tiles of
-// 16-frame rows would not leave two blocks per SM. A multiple of kL.
+// the rows' chaining (SASS: ~27 of 98 instructions per frame at 8 with a shuffle scan), 8
+// for fp32, whose tiles of 16-frame rows would not leave two blocks per SM. A multiple of kL.
 template <typename scalar_t>
 constexpr int kFwdLog2R = sizeof(scalar_t) == 2 ? kFwdMaxLog2R : kLog2L;
 
@@ -114,68 +114,79 @@ __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
 
-// Stages frames [base, base + 2^log2rows) of channels [c0, c0 + 32) of one (T, C) tensor
-// into dst[rows][32]. vec (C a multiple of 16 bytes, 16-byte aligned data): 16-byte
-// copies spread over the block; else each thread copies its own kN frames (rows g*kN..,
+// Stages super-chunks of kN frames per thread row (frames [base, base + G*kN)) of channels
+// [c0, c0 + 32) of (T, C) tensors into tiles [G*kN][32]. vec (C a multiple of 16 bytes,
+// 16-byte aligned data): 16-byte copies spread over the block, consecutive threads on
+// consecutive pieces; every thread copies the same kCopies pieces of every super-chunk, so
+// their offsets are set once here (staging was 20 % of the backward's instructions when they
+// were recomputed per super-chunk). Else each thread copies its own kN frames (rows g*kN..,
 // channel x) with plain loads. Frames past T and channels past C are left as they are.
 template <int kN, typename scalar_t>
-__device__ __forceinline__ void stage_rows(scalar_t* dst, const scalar_t* src, int base,
-                                           int log2rows, int T, int C, int c0, bool vec) {
-  if (vec) {
-    constexpr int kPer = 16 / sizeof(scalar_t);                      // elements per copy
-    constexpr int kLog2Copies = sizeof(scalar_t) == 4 ? 3 : 2;        // copies per row
-    const int tid = threadIdx.y * kLanes + threadIdx.x, n = blockDim.y * kLanes;
-    for (int j = tid; j < (1 << (log2rows + kLog2Copies)); j += n) {
-      const int r = j >> kLog2Copies, q = (j & ((1 << kLog2Copies) - 1)) * kPer;
-      if (base + r < T && c0 + q < C)
-        cp_async16(dst + r * kLanes + q, src + (base + r) * C + c0 + q);
-    }
-  } else {
-    const int c = c0 + threadIdx.x;
+struct Stager {
+  static constexpr int kPer = 16 / sizeof(scalar_t);             // elements per copy
+  static constexpr int kLog2Pieces = sizeof(scalar_t) == 4 ? 3 : 2;  // copies per frame row
+  static constexpr int kCopies = (kN << kLog2Pieces) / kLanes;    // per thread
+  static_assert(kCopies >= 1 && (kCopies * kLanes) == (kN << kLog2Pieces), "whole pieces per thread");
+  int src[kCopies];  // offset from the super-chunk's first frame at channel 0
+  int dst[kCopies];  // offset in the tile (dst >> 5: the frame in the super-chunk), or -1
+  bool vec;
+
+  __device__ __forceinline__ Stager(int C, int c0, bool vec_) : vec(vec_) {
+    const int tid = threadIdx.y * kLanes + threadIdx.x, threads = blockDim.y * kLanes;
 #pragma unroll
-    for (int i = 0; i < kN; ++i) {
-      const int r = threadIdx.y * kN + i;
-      if (base + r < T && c < C) dst[r * kLanes + threadIdx.x] = src[(base + r) * C + c];
+    for (int j = 0; j < kCopies; ++j) {
+      const int piece = j * threads + tid;
+      const int r = piece >> kLog2Pieces, q = (piece & ((1 << kLog2Pieces) - 1)) * kPer;
+      src[j] = r * C + c0 + q;
+      dst[j] = c0 + q < C ? r * kLanes + q : -1;  // -1: past C, never copied
     }
   }
-}
 
-// Row summaries (a, b, p, idx) of one super-chunk, then per row the state entering it:
-// written back in place. Run by every thread of the block in the scan role: warp g,
-// lane x scans channel xs = g*(32/G) + x/G, row gs = x%G. carry: the state entering
-// the super-chunk for channel xs, advanced past it.
-struct FwdShared {
-  float a[kFwdRows][kLanes + 1], b[kFwdRows][kLanes + 1], p[kFwdRows][kLanes + 1];
-  int idx[kFwdRows][kLanes + 1];
+  __device__ __forceinline__ void operator()(scalar_t* tile, const scalar_t* src_, int base, int T,
+                                             int C, int c0) const {
+    const scalar_t* s = src_ + base * C;
+    if (vec) {
+#pragma unroll
+      for (int j = 0; j < kCopies; ++j)
+        if (static_cast<unsigned>(dst[j] >> 5) < static_cast<unsigned>(T - base))
+          cp_async16(tile + dst[j], s + src[j]);
+    } else {
+      const int c = c0 + threadIdx.x;
+#pragma unroll
+      for (int i = 0; i < kN; ++i) {
+        const int r = threadIdx.y * kN + i;
+        if (r < T - base && c < C) tile[r * kLanes + threadIdx.x] = s[r * C + c];
+      }
+    }
+  }
 };
 
+// Row summaries (a, b, p, idx) of one super-chunk, replaced by the state entering each row.
+struct FwdShared {
+  float a[kFwdRows][kLanes], b[kFwdRows][kLanes], p[kFwdRows][kLanes];
+  int idx[kFwdRows][kLanes];
+};
+
+// Run by warp 0: lane x folds channel x's G row summaries in order into the carry (the state
+// entering the super-chunk, advanced past it), one merge per row, while the other warps wait
+// at the barrier. A shuffle scan over the rows by every warp took ~14 of the forward's 79
+// instructions per warp-frame (ncu). With all rows there (long T) the loop has no guards, so
+// the rows' loads and exps overlap: only p's add and max chain one row to the next.
 template <int kN, bool kArgmax>
-__device__ __forceinline__ void forward_scan(FwdShared& sh, int G, int gs, int xs, float w,
-                                             float& ca, float& cb, float& cp, int& ci) {
-  float ra = sh.a[gs][xs], rb = sh.b[gs][xs], rp = sh.p[gs][xs];
-  int ri = kArgmax ? sh.idx[gs][xs] : 0;
-  for (int off = 1; off < G; off <<= 1) {  // inclusive scan over rows
-    float oa = __shfl_up_sync(kFull, ra, off, G), ob = __shfl_up_sync(kFull, rb, off, G);
-    float op = __shfl_up_sync(kFull, rp, off, G);
-    int oi = kArgmax ? __shfl_up_sync(kFull, ri, off, G) : 0;
-    if (gs >= off) {
-      merge(oa, ob, op, oi, static_cast<float>(off * kN) * w, ra, rb, rp, ri);
-      ra = oa; rb = ob; rp = op; ri = oi;
+__device__ __forceinline__ void forward_carry(FwdShared& sh, int G, int x, float w, float& ca,
+                                              float& cb, float& cp, int& ci) {
+  rows_of<kFwdRows>(G, [&](auto all) {
+#pragma unroll
+    for (int r = 0; r < kFwdRows; ++r) {
+      if (all.value || r < G) {
+        const float sa = sh.a[r][x], sb = sh.b[r][x], sp = sh.p[r][x];
+        const int si = kArgmax ? sh.idx[r][x] : 0;
+        sh.a[r][x] = ca; sh.b[r][x] = cb; sh.p[r][x] = cp;
+        if (kArgmax) sh.idx[r][x] = ci;
+        merge(ca, cb, cp, ci, static_cast<float>(kN) * w, sa, sb, sp, si);
+      }
     }
-  }
-  // Rows 0..gs-1 end where row gs starts; the carry has decayed over them.
-  float ea = __shfl_up_sync(kFull, ra, 1, G), eb = __shfl_up_sync(kFull, rb, 1, G);
-  float ep = __shfl_up_sync(kFull, rp, 1, G);
-  int ei = kArgmax ? __shfl_up_sync(kFull, ri, 1, G) : 0;
-  float na = ca, nb = cb, np = cp;
-  int ni = ci;
-  if (gs > 0) merge(na, nb, np, ni, static_cast<float>(gs * kN) * w, ea, eb, ep, ei);
-  sh.a[gs][xs] = na; sh.b[gs][xs] = nb; sh.p[gs][xs] = np;
-  if (kArgmax) sh.idx[gs][xs] = ni;
-  const float ta = __shfl_sync(kFull, ra, G - 1, G), tb = __shfl_sync(kFull, rb, G - 1, G);
-  const float tp = __shfl_sync(kFull, rp, G - 1, G);
-  const int ti = kArgmax ? __shfl_sync(kFull, ri, G - 1, G) : 0;
-  merge(ca, cb, cp, ci, static_cast<float>(G * kN) * w, ta, tb, tp, ti);
+  });
 }
 
 // Grid: B * ceil(C/32) blocks; block (32, G), G a power of two <= kFwdRows; dynamic
@@ -206,21 +217,20 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
   scalar_t* y = y_ + off;
   const int n_saved = (T + kL - 1) / kL;
 
-  // Scan role: this lane's channel and row, and the carry of that channel.
-  const int gs = x & (G - 1), xs = (g << (5 - log2G)) + (x >> log2G);
-  const int cs = min(c0 + xs, C - 1);
-  const float ws = decay_rate(time_decay, cs);
+  // The carry of this lane's channel (kept by warp 0).
   float ca = 0.f, cb = 0.f, cp = kEmptyP;
   int ci = -1;
-  if (state_in != nullptr) {
+  if (state_in != nullptr && g == 0) {
     const float* s0 = state_in + (size_t)bi * 3 * C;
-    ca = s0[cs]; cb = s0[C + cs]; cp = s0[2 * C + cs];
+    const int cc = live ? c : 0;
+    ca = s0[cc]; cb = s0[C + cc]; cp = s0[2 * C + cc];
   }
 
+  const Stager<kR, scalar_t> stager(C, c0, vec);
   auto stage = [&](int st, int base) {
     scalar_t* tk = tiles + st * 2 * rows * kLanes;
-    stage_rows<kR>(tk, k, base, log2rows, T, C, c0, vec);
-    stage_rows<kR>(tk + rows * kLanes, v, base, log2rows, T, C, c0, vec);
+    stager(tk, k, base, T, C, c0);
+    stager(tk + rows * kLanes, v, base, T, C, c0);
     cp_async_commit();
   };
   stage(0, 0);
@@ -259,7 +269,7 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
     sh.a[g][x] = sa; sh.b[g][x] = sb; sh.p[g][x] = sp;
     if (kTrain) sh.idx[g][x] = sidx;
     __syncthreads();
-    forward_scan<kR, kTrain>(sh, G, gs, xs, ws, ca, cb, cp, ci);
+    if (g == 0) forward_carry<kR, kTrain>(sh, G, x, w, ca, cb, cp, ci);
     __syncthreads();
     float a = sh.a[g][x], b = sh.b[g][x], p = sh.p[g][x];
     int idx = kTrain ? sh.idx[g][x] : 0;
@@ -289,34 +299,26 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
   }
 }
 
-// Reverse scan of the rows' adjoint maps (P, R_lambda, R_mu), lambda_start = R + P lambda_end,
-// in the scan role as forward_scan. Leaves in shared memory the adjoint at the end of
-// each row; carry: the adjoint at the end of the super-chunk, moved to its start.
+// The rows' adjoint maps (P, R_lambda, R_mu), lambda_start = R + P lambda_end.
 struct BwdShared {
-  float P[kBwdRows][kLanes + 1], rl[kBwdRows][kLanes + 1], rm[kBwdRows][kLanes + 1];
+  float P[kBwdRows][kLanes], rl[kBwdRows][kLanes], rm[kBwdRows][kLanes];
 };
 
-__device__ __forceinline__ void backward_scan(BwdShared& sh, int G, int gs, int xs,
-                                              float& cl, float& cm) {
-  float P = sh.P[gs][xs], rl = sh.rl[gs][xs], rm = sh.rm[gs][xs];
-  for (int off = 1; off < G; off <<= 1) {  // inclusive over rows gs..G-1
-    const float oP = __shfl_down_sync(kFull, P, off, G), ol = __shfl_down_sync(kFull, rl, off, G);
-    const float om = __shfl_down_sync(kFull, rm, off, G);
-    if (gs + off < G) {
-      rl = fmaf(P, ol, rl);
-      rm = fmaf(P, om, rm);
-      P *= oP;
+// Run by warp 0, as forward_carry: lane x walks channel x's rows from the last, leaving in
+// (rl, rm) the adjoint at the end of each row and moving the carry (the adjoint at the end
+// of the super-chunk) to its start.
+__device__ __forceinline__ void backward_carry(BwdShared& sh, int G, int x, float& cl, float& cm) {
+  rows_of<kBwdRows>(G, [&](auto all) {
+#pragma unroll
+    for (int r = kBwdRows - 1; r >= 0; --r) {
+      if (all.value || r < G) {
+        const float P = sh.P[r][x], rl = sh.rl[r][x], rm = sh.rm[r][x];
+        sh.rl[r][x] = cl; sh.rm[r][x] = cm;
+        cl = fmaf(P, cl, rl);
+        cm = fmaf(P, cm, rm);
+      }
     }
-  }
-  float eP = __shfl_down_sync(kFull, P, 1, G), el = __shfl_down_sync(kFull, rl, 1, G);
-  float em = __shfl_down_sync(kFull, rm, 1, G);
-  if (gs == G - 1) { eP = 1.f; el = 0.f; em = 0.f; }
-  sh.rl[gs][xs] = fmaf(eP, cl, el);
-  sh.rm[gs][xs] = fmaf(eP, cm, em);
-  const float tP = __shfl_sync(kFull, P, 0, G), tl = __shfl_sync(kFull, rl, 0, G);
-  const float tm = __shfl_sync(kFull, rm, 0, G);
-  cl = fmaf(tP, cl, tl);
-  cm = fmaf(tP, cm, tm);
+  });
 }
 
 // Grid and block as the forward, G <= kBwdRows; super-chunks in reverse time. Dynamic
@@ -368,17 +370,16 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
   float gw_acc = g == 0 ? rest * static_cast<float>(T - 1 - amax) : 0.f;  // amax -1: T decays
   float gu_acc = 0.f;
 
-  // Scan role: the adjoint carry of channel xs, entering from the end of the sequence.
-  const int gs = x & (G - 1), xs = (g << (5 - log2G)) + (x >> log2G);
-  const int cs = min(c0 + xs, C - 1);
+  // The adjoint carry of this lane's channel (kept by warp 0), entering from the end.
   float cl = 0.f, cm = 0.f;
-  if (gstate_out != nullptr) { cl = gstate_out[so + cs]; cm = gstate_out[so + C + cs]; }
+  if (gstate_out != nullptr && g == 0) { cl = gstate_out[so + cc]; cm = gstate_out[so + C + cc]; }
 
+  const Stager<kL, scalar_t> stager(C, c0, vec);
   auto stage = [&](int st, int base) {
     scalar_t* tk = tiles + st * 3 * rows * kLanes;
-    stage_rows<kL>(tk, k, base, log2rows, T, C, c0, vec);
-    stage_rows<kL>(tk + rows * kLanes, v, base, log2rows, T, C, c0, vec);
-    if (gy != nullptr) stage_rows<kL>(tk + 2 * rows * kLanes, gy, base, log2rows, T, C, c0, vec);
+    stager(tk, k, base, T, C, c0);
+    stager(tk + rows * kLanes, v, base, T, C, c0);
+    if (gy != nullptr) stager(tk + 2 * rows * kLanes, gy, base, T, C, c0);
     const int t0 = base + g * kL;
     if (live && t0 < T) {
       const float* s = sv + (size_t)(t0 / kL) * 3 * C + c;
@@ -405,8 +406,10 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
     float a = s[0], b = s[kLanes], p = s[2 * kLanes];
     // Pass A, forward in time: recompute the output's and the update's factors. Per
     // frame: y, the update's factors (packed), a and b times the update's c1, and the
-    // sources of lambda and of gv.
+    // sources of lambda and of gv. Also the row's adjoint map (P, R), built in time order:
+    // lambda_start = sum_i (prod_{j<i} c1_j) source_i + (prod_j c1_j) lambda_end.
     float yr[kL], fr[kL], ar[kL], br[kL], alr[kL], gmr[kL];
+    float P = 1.f, Rl = 0.f, Rm = 0.f;
     rows_of<kL>(n, [&](auto all) {
 #pragma unroll
       for (int i = 0; i < kL; ++i) {
@@ -428,13 +431,22 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
           a = ar[i] + vt * c2;
           b = br[i] + c2;
           p = fmaxf(pw, kt);
+          Rl = fmaf(P, alr[i], Rl);
+          Rm = fmaf(P, -alr[i] * yr[i], Rm);
+          P *= c1;
         }
       }
     });
-    // Pass B, reverse: the row's adjoint map from its end (S = P, lambda/mu local = R),
-    // and each output's local part plus its coefficient of the adjoint at the row's end.
-    float S = 1.f, ll = 0.f, ml = 0.f, gwl = 0.f, Ga = 0.f, Gb = 0.f;
-    float gkl[kL], gvl[kL], sg[kL];
+    sh.P[g][x] = P; sh.rl[g][x] = Rl; sh.rm[g][x] = Rm;
+    __syncthreads();
+    if (g == 0) backward_carry(sh, G, x, cl, cm);
+    __syncthreads();
+    // Pass B, reverse, from the adjoint at the row's end: the exact adjoints (lambda, mu) of
+    // the state after each frame give its gk, gv and its shares of gw, gu.
+    float lam = sh.rl[g][x], mu = sh.rm[g][x];
+    scalar_t* gkr = gk + t0 * C + c;
+    scalar_t* gvr = gv + t0 * C + c;
+    const int i_amax = amax - t0;  // the frame in this row that set the final p, if one does
     rows_of<kL>(n, [&](auto all) {
 #pragma unroll
       for (int i = kL - 1; i >= 0; --i) {
@@ -442,46 +454,24 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
           const float vt = to_f(vs[i * kLanes]);
           float c1, c2;
           unpack_factors(fr[i], c1, c2);
-          gwl = fmaf(ar[i], ll, fmaf(br[i], ml, gwl));
-          Ga = fmaf(ar[i], S, Ga);
-          Gb = fmaf(br[i], S, Gb);
+          gw_acc = fmaf(ar[i], lam, fmaf(br[i], mu, gw_acc));
           const float du = gmr[i] * (vt - yr[i]);  // this frame's part of du, also in dk
           gu_acc += du;
-          gvl[i] = fmaf(c2, ll, gmr[i]);
-          gkl[i] = fmaf(c2, fmaf(vt, ll, ml), du);
-          sg[i] = c2 * S;
-          ll = fmaf(c1, ll, alr[i]);
-          ml = fmaf(c1, ml, -alr[i] * yr[i]);
-          S *= c1;
-        }
-      }
-    });
-    sh.P[g][x] = S; sh.rl[g][x] = ll; sh.rm[g][x] = ml;
-    __syncthreads();
-    backward_scan(sh, G, gs, xs, cl, cm);
-    __syncthreads();
-    const float le = sh.rl[g][x], me = sh.rm[g][x];  // adjoint at this row's end
-    gw_acc += fmaf(le, Ga, fmaf(me, Gb, gwl));
-    scalar_t* gkr = gk + t0 * C + c;
-    scalar_t* gvr = gv + t0 * C + c;
-    rows_of<kL>(n, [&](auto all) {
-#pragma unroll
-      for (int i = 0; i < kL; ++i) {
-        if (all.value || i < n) {
-          float gkt = fmaf(sg[i], fmaf(to_f(vs[i * kLanes]), le, me), gkl[i]);
-          if (t0 + i == amax) gkt += rest;
+          float gkt = fmaf(c2, fmaf(vt, lam, mu), du);
+          if (i == i_amax) gkt += rest;
           gkr[i * C] = from_f<scalar_t>(gkt);
-          gvr[i * C] = from_f<scalar_t>(fmaf(sg[i], le, gvl[i]));
+          gvr[i * C] = from_f<scalar_t>(fmaf(c2, lam, gmr[i]));
+          lam = fmaf(c1, lam, alr[i]);
+          mu = fmaf(c1, mu, -alr[i] * yr[i]);
         }
       }
     });
     if (t0 == 0 && live && gstate_in != nullptr) {
       // Adjoint at frame 0, scaled by the initial p, is the gradient of the initial (a, b).
-      const float l0 = fmaf(S, le, ll), m0 = fmaf(S, me, ml);
       const float* s0 = state_in + so;
-      gstate_in[so + c] = l0;
-      gstate_in[so + C + c] = m0;
-      gstate_in[so + 2 * C + c] = l0 * s0[c] + m0 * s0[C + c] + (amax == -1 ? rest : 0.f);
+      gstate_in[so + c] = lam;
+      gstate_in[so + C + c] = mu;
+      gstate_in[so + 2 * C + c] = lam * s0[c] + mu * s0[C + c] + (amax == -1 ? rest : 0.f);
     }
   }
   red_w[g][x] = gw_acc;
@@ -582,6 +572,28 @@ void launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, Args... args) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// A tensor of `sizes` and `dtype` over the bytes of `buf` from `byte_offset` on.
+torch::Tensor part_of(const at::TensorBase& buf, int64_t byte_offset, at::IntArrayRef sizes,
+                      at::ScalarType dtype) {
+  auto impl = c10::make_intrusive<c10::TensorImpl>(
+      c10::Storage(buf.storage()), buf.key_set(), c10::scalarTypeToTypeMeta(dtype));
+  impl->set_storage_offset(byte_offset / static_cast<int64_t>(c10::elementSize(dtype)));
+  impl->set_sizes_contiguous(sizes);
+  return torch::Tensor(std::move(impl));
+}
+
+// y (B, T, C) in k's dtype and the final state (B, 3, C) float32 over one allocation, taken
+// without the dispatcher: the streaming step is host-bound, and this is ~1.5 us of its
+// ~10 less than two at::empty (H200). Only where nothing is saved for a backward, where
+// the state would keep y's memory alive.
+std::tuple<torch::Tensor, torch::Tensor> outputs_in_one_allocation(const torch::Tensor& k) {
+  const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
+  const int64_t y_bytes = (B * T * C * k.element_size() + 15) / 16 * 16;
+  const auto buf = at::detail::empty_cuda({y_bytes + B * 3 * C * 4}, at::kByte, k.device(),
+                                          std::nullopt);
+  return {part_of(buf, 0, {B, T, C}, k.scalar_type()), part_of(buf, y_bytes, {B, 3, C}, at::kFloat)};
+}
+
 // time_decay, time_first: (C,) any float dtype; k, v: (B, T, C), T > 0; state: (B, 3, C)
 // float32 or undefined (empty). Returns y (B, T, C) and the state after the last frame
 // (B, 3, C); with train, also what the backward needs: the state entering every kL frames
@@ -608,13 +620,15 @@ std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch:
   const auto k = contiguous(k_in), v = contiguous(v_in);
   torch::Tensor s_keep;
   const float* s_in = state_ptr(state, s_keep, B, C, "state", dev);
-  auto y = torch::empty_like(k);
   const auto f32 = k.options().dtype(at::kFloat);
-  auto state_out = torch::empty({B, 3, C}, f32);
-  torch::Tensor saved, amax;
+  torch::Tensor y, state_out, saved, amax;
   if (train) {
-    saved = torch::empty({B, (T + kL - 1) / kL, 3, C}, f32);
-    amax = torch::empty({B, C}, k.options().dtype(at::kInt));
+    y = at::empty({B, T, C}, k.options());
+    state_out = at::empty({B, 3, C}, f32);
+    saved = at::empty({B, (T + kL - 1) / kL, 3, C}, f32);
+    amax = at::empty({B, C}, k.options().dtype(at::kInt));
+  } else {
+    std::tie(y, state_out) = outputs_in_one_allocation(k);
   }
   if (B * C > 0) {
     const bool vec = vec_ok({&k, &v}, C);
@@ -652,14 +666,14 @@ std::vector<torch::Tensor> backward(
   const float* s_in = state_ptr(state, s_keep, B, C, "state", dev);
   const float* gs_out = state_ptr(grad_state, gs_keep, B, C, "grad of state", dev);
   if (grad_y.defined()) gy = contiguous(grad_y.to(k.scalar_type()));
-  auto gk = torch::empty_like(k);
-  auto gv = torch::empty_like(v);
+  auto gk = at::empty({B, T, C}, k.options());
+  auto gv = at::empty({B, T, C}, k.options());
   const auto f32 = k.options().dtype(at::kFloat);
-  torch::Tensor gstate = s_in != nullptr ? torch::empty({B, 3, C}, f32) : torch::Tensor();
-  auto g_decay = torch::empty({C}, f32);
-  auto g_first = torch::empty({C}, f32);
+  torch::Tensor gstate = s_in != nullptr ? at::empty({B, 3, C}, f32) : torch::Tensor();
+  auto g_decay = at::empty({C}, f32);
+  auto g_first = at::empty({C}, f32);
   if (B * C == 0) return {g_decay.zero_(), g_first.zero_(), gk, gv, gstate};
-  auto parts = torch::empty({2, B, C}, f32);  // gw, gu per batch row
+  auto parts = at::empty({2, B, C}, f32);  // gw, gu per batch row
   const int log2G = log2_rows(T, kBwdRows, kL);
   const dim3 grid(B * ((C + kLanes - 1) / kLanes)), block(kLanes, 1 << log2G);
   const bool vec = vec_ok({&k, &v, &gy}, C);

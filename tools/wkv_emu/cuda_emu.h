@@ -75,8 +75,11 @@ void launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, Args... args) {
 inline torch::Tensor empty_poisoned(at::IntArrayRef sizes, const at::TensorOptions& o) {
   return torch::full(sizes, o.dtype() == at::kInt ? -123456789.0 : NAN, o);
 }
-inline torch::Tensor empty_like_poisoned(const torch::Tensor& t) {
-  return torch::full_like(t, NAN);
+// Bytes of 0xff: NaN in every float dtype.
+inline at::TensorBase empty_cuda_poisoned(at::IntArrayRef sizes, at::ScalarType dtype, c10::Device,
+                                          std::optional<at::MemoryFormat>) {
+  TORCH_CHECK(dtype == at::kByte, "emulator: only byte buffers");
+  return torch::full(sizes, 255, at::TensorOptions().dtype(at::kByte));
 }
 }  // namespace emu
 

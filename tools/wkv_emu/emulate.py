@@ -27,7 +27,8 @@ def build(src=ROOT / "cuda_ext" / "wkv.cu", name="wkv_emu", asan=False):
     from torch.utils.cpp_extension import load
 
     s = Path(src).read_text()
-    for inc in ("#include <c10/cuda/CUDAStream.h>\n", "#include <c10/cuda/CUDAGuard.h>\n"):
+    for inc in ("#include <c10/cuda/CUDAStream.h>\n", "#include <c10/cuda/CUDAGuard.h>\n",
+                "#include <ATen/cuda/EmptyTensor.h>\n"):
         s = s.replace(inc, "")
     s = s.replace("#include <torch/extension.h>\n", '#include <torch/extension.h>\n#include "cuda_emu.h"\n')
     start = s.index("__device__ __forceinline__ void cp_async16")
@@ -40,7 +41,7 @@ def build(src=ROOT / "cuda_ext" / "wkv.cu", name="wkv_emu", asan=False):
     assert n == launches, "a launch the emulator does not know"
     s = re.sub(r"\w+\.is_cuda\(\)", "true", s)
     s = re.sub(r"\n\s*const at::cuda::CUDAGuard guard\([^;]*\);", "", s)
-    s = s.replace("torch::empty_like(", "emu::empty_like_poisoned(").replace("torch::empty(", "emu::empty_poisoned(")
+    s = s.replace("at::empty(", "emu::empty_poisoned(").replace("at::detail::empty_cuda(", "emu::empty_cuda_poisoned(")
     build_dir = Path(tempfile.gettempdir()) / "wkv_emu_src"
     build_dir.mkdir(exist_ok=True)
     out = build_dir / f"{name}.cpp"
