@@ -9,8 +9,8 @@ espnet2's WKVLinearAttention, and y.backward). fla is imported if installed. Pri
 table of median times (ms) of the whole Python call (CUDA events around it, the GPU idle
 before) and of the kernels alone (their GPU time summed, torch profiler), the
 copy-bandwidth floor measured in the same run and the ratios, then
-the streaming step (one chunk with state) against an empty kernel launch, on the host
-and on the GPU (CUDA graph replay).
+the streaming step (one chunk with state) against an empty kernel launch timed in turn
+with it, on the host and on the GPU (CUDA graph replay).
 --profile first prints the GPU time of each of our kernels (torch profiler) for
 bf16 fwd+bwd at B16 T1024 C512.
 """
@@ -131,6 +131,15 @@ def host_us(fn, n=2000):
     return (time.perf_counter() - t0) / n * 1e6
 
 
+def in_turn(measure, fn, ref, rounds):
+    """Medians of measure(fn) and measure(ref) taken in turn, so that both see the same host."""
+    ours, refs = [], []
+    for _ in range(rounds):
+        refs.append(measure(ref))
+        ours.append(measure(fn))
+    return sorted(ours)[rounds // 2], sorted(refs)[rounds // 2]
+
+
 def graph_gpu_us(fn, n=200):
     """GPU time per call of fn, replayed from a CUDA graph of n calls: no host launch cost."""
     side = torch.cuda.Stream()
@@ -235,22 +244,22 @@ def main():
                   f"| {r(fl_k, both_k)} | {floor:.3f} | {floor / both_k:.0%} | {floor / both:.0%} |")
 
     print()
-    print("Streaming step, fp32, one chunk with carried state, no grad. Host: us per wkv() call, 2000 calls "
-          "back to back; GPU: us per call replayed from a CUDA graph of 200 calls")
-    empty_host = host_us(lambda: torch.cuda._sleep(0))
-    empty_gpu = graph_gpu_us(lambda: torch.cuda._sleep(0))
-    print(f"# empty kernel launch (torch.cuda._sleep(0)): {empty_host:.1f} us host, {empty_gpu:.1f} us GPU")
-    print("| B | T | C | wkv() host | wkv() / empty | kernel GPU | kernel / empty |")
-    print("|---|---|---|---|---|---|---|")
+    print("Streaming step, fp32, one chunk with carried state, no grad, against an empty kernel launch "
+          "(torch.cuda._sleep(0)) timed in turn with it. Host: us per call, 5 rounds of 400 calls back to back "
+          "each; GPU: us per call replayed from a CUDA graph of 200 calls, 3 rounds; medians")
+    print("| B | T | C | wkv() host | empty host | wkv() / empty | kernel GPU | empty GPU | kernel / empty |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    empty = lambda: torch.cuda._sleep(0)  # noqa: E731
     for B in (1, 16, 64):
         for T in (8, 16, 32):
             C = 512
             td, tf, k, v, _ = make(B, T, C, torch.float32, False)()
             state = empty_state(B, C, "cuda")
             with torch.no_grad():
-                h = host_us(lambda: wkv(td, tf, k, v, state))
-                g = graph_gpu_us(lambda: wkv(td, tf, k, v, state))
-            print(f"| {B} | {T} | {C} | {h:.1f} | {h / empty_host:.2f} | {g:.1f} | {g / empty_gpu:.2f} |")
+                step = lambda: wkv(td, tf, k, v, state)  # noqa: E731
+                h, he = in_turn(lambda f: host_us(f, 400), step, empty, rounds=5)
+                g, ge = in_turn(graph_gpu_us, step, empty, rounds=3)
+            print(f"| {B} | {T} | {C} | {h:.1f} | {he:.1f} | {h / he:.2f} | {g:.1f} | {ge:.1f} | {g / ge:.2f} |")
 
 
 if __name__ == "__main__":
