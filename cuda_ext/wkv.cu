@@ -6,10 +6,10 @@
 // each (R = 16 for 2-byte I/O in the forward, else kL = 8). A row summarises
 // its frames from the empty state, one warp folds the G summaries of each
 // channel in order into the carry from the previous super-chunk, giving each
-// row its entering state, and each row then produces its outputs from it. k and v are read once, the
-// next super-chunk's are loaded while the current one is computed. In training
-// the state entering every kL frames is saved, so the backward (rows of kL)
-// needs no forward scan.
+// row its entering state, and each row then produces its outputs from it. k
+// and v are read once, the next super-chunk's are loaded while the current one
+// is computed. In training the state entering every kL frames is saved, so the
+// backward (rows of kL) needs no forward pass over the sequence.
 //
 // All sums are kept scaled by their largest exponent (the running max p of
 // RWKV-LM's kernel), so |k| of any size stays finite; each rescale needs one
@@ -35,7 +35,8 @@
 namespace {
 
 constexpr float kEmptyP = -1e38f;  // espnet_rwkv.ops.wkv.EMPTY_P
-constexpr int kLanes = 32;         // channels per block, one per lane
+constexpr int kLog2Lanes = 5;
+constexpr int kLanes = 1 << kLog2Lanes;  // channels per block, one per lane
 constexpr int kLog2L = 3;
 constexpr int kL = 1 << kLog2L;    // frames per thread row; states are saved every kL frames
 constexpr int kFwdRows = 16;       // most thread rows of the forward (512 threads, 2 blocks/SM)
@@ -126,9 +127,10 @@ struct Stager {
   static constexpr int kPer = 16 / sizeof(scalar_t);             // elements per copy
   static constexpr int kLog2Pieces = sizeof(scalar_t) == 4 ? 3 : 2;  // copies per frame row
   static constexpr int kCopies = (kN << kLog2Pieces) / kLanes;    // per thread
-  static_assert(kCopies >= 1 && (kCopies * kLanes) == (kN << kLog2Pieces), "whole pieces per thread");
+  static_assert(kCopies >= 1 && kCopies * kLanes == (kN << kLog2Pieces),
+                "whole pieces per thread");
   int src[kCopies];  // offset from the super-chunk's first frame at channel 0
-  int dst[kCopies];  // offset in the tile (dst >> 5: the frame in the super-chunk), or -1
+  int dst[kCopies];  // offset in the tile, or -1; dst >> kLog2Lanes: the frame (-1 stays -1)
   bool vec;
 
   __device__ __forceinline__ Stager(int C, int c0, bool vec_) : vec(vec_) {
@@ -148,7 +150,7 @@ struct Stager {
     if (vec) {
 #pragma unroll
       for (int j = 0; j < kCopies; ++j)
-        if (static_cast<unsigned>(dst[j] >> 5) < static_cast<unsigned>(T - base))
+        if (static_cast<unsigned>(dst[j] >> kLog2Lanes) < static_cast<unsigned>(T - base))
           cp_async16(tile + dst[j], s + src[j]);
     } else {
       const int c = c0 + threadIdx.x;
@@ -591,7 +593,8 @@ std::tuple<torch::Tensor, torch::Tensor> outputs_in_one_allocation(const torch::
   const int64_t y_bytes = (B * T * C * k.element_size() + 15) / 16 * 16;
   const auto buf = at::detail::empty_cuda({y_bytes + B * 3 * C * 4}, at::kByte, k.device(),
                                           std::nullopt);
-  return {part_of(buf, 0, {B, T, C}, k.scalar_type()), part_of(buf, y_bytes, {B, 3, C}, at::kFloat)};
+  return {part_of(buf, 0, {B, T, C}, k.scalar_type()),
+          part_of(buf, y_bytes, {B, 3, C}, at::kFloat)};
 }
 
 // time_decay, time_first: (C,) any float dtype; k, v: (B, T, C), T > 0; state: (B, 3, C)
