@@ -120,7 +120,7 @@ def load_espnet(src, tmax):
     )
 
 
-def host_us(fn, n=2000):
+def host_us(fn, n=400):
     """Wall time per call of n back-to-back calls, synchronised once (launch-bound regime)."""
     fn()
     torch.cuda.synchronize()
@@ -257,7 +257,7 @@ def main():
             state = empty_state(B, C, "cuda")
             with torch.no_grad():
                 step = lambda: wkv(td, tf, k, v, state)  # noqa: E731
-                h, he = in_turn(lambda f: host_us(f, 400), step, empty, rounds=5)
+                h, he = in_turn(host_us, step, empty, rounds=5)
                 g, ge = in_turn(graph_gpu_us, step, empty, rounds=3)
             print(f"| {B} | {T} | {C} | {h:.1f} | {he:.1f} | {h / he:.2f} | {g:.1f} | {ge:.1f} | {g / ge:.2f} |")
 

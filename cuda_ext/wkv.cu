@@ -131,9 +131,10 @@ struct Stager {
                 "whole pieces per thread");
   int src[kCopies];  // offset from the super-chunk's first frame at channel 0
   int dst[kCopies];  // offset in the tile, or -1; dst >> kLog2Lanes: the frame (-1 stays -1)
+  int C, c0;
   bool vec;
 
-  __device__ __forceinline__ Stager(int C, int c0, bool vec_) : vec(vec_) {
+  __device__ __forceinline__ Stager(int C_, int c0_, bool vec_) : C(C_), c0(c0_), vec(vec_) {
     const int tid = threadIdx.y * kLanes + threadIdx.x, threads = blockDim.y * kLanes;
 #pragma unroll
     for (int j = 0; j < kCopies; ++j) {
@@ -144,8 +145,8 @@ struct Stager {
     }
   }
 
-  __device__ __forceinline__ void operator()(scalar_t* tile, const scalar_t* src_, int base, int T,
-                                             int C, int c0) const {
+  __device__ __forceinline__ void operator()(scalar_t* tile, const scalar_t* src_, int base,
+                                             int T) const {
     const scalar_t* s = src_ + base * C;
     if (vec) {
 #pragma unroll
@@ -212,7 +213,8 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
   const int bi = blockIdx.x / n_cb, c0 = (blockIdx.x % n_cb) * kLanes;
   const int c = c0 + x;
   const bool live = c < C;
-  const float w = decay_rate(time_decay, live ? c : 0), u = time_first[live ? c : 0];
+  const int cc = live ? c : 0;  // a valid channel for lanes past C
+  const float w = decay_rate(time_decay, cc), u = time_first[cc];
   const size_t off = (size_t)bi * T * C;
   const scalar_t* k = k_ + off;
   const scalar_t* v = v_ + off;
@@ -224,15 +226,14 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
   int ci = -1;
   if (state_in != nullptr && g == 0) {
     const float* s0 = state_in + (size_t)bi * 3 * C;
-    const int cc = live ? c : 0;
     ca = s0[cc]; cb = s0[C + cc]; cp = s0[2 * C + cc];
   }
 
   const Stager<kR, scalar_t> stager(C, c0, vec);
   auto stage = [&](int st, int base) {
     scalar_t* tk = tiles + st * 2 * rows * kLanes;
-    stager(tk, k, base, T, C, c0);
-    stager(tk + rows * kLanes, v, base, T, C, c0);
+    stager(tk, k, base, T);
+    stager(tk + rows * kLanes, v, base, T);
     cp_async_commit();
   };
   stage(0, 0);
@@ -379,9 +380,9 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
   const Stager<kL, scalar_t> stager(C, c0, vec);
   auto stage = [&](int st, int base) {
     scalar_t* tk = tiles + st * 3 * rows * kLanes;
-    stager(tk, k, base, T, C, c0);
-    stager(tk + rows * kLanes, v, base, T, C, c0);
-    if (gy != nullptr) stager(tk + 2 * rows * kLanes, gy, base, T, C, c0);
+    stager(tk, k, base, T);
+    stager(tk + rows * kLanes, v, base, T);
+    if (gy != nullptr) stager(tk + 2 * rows * kLanes, gy, base, T);
     const int t0 = base + g * kL;
     if (live && t0 < T) {
       const float* s = sv + (size_t)(t0 / kL) * 3 * C + c;
