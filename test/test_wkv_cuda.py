@@ -1,9 +1,13 @@
 """CUDA WKV extension against the float64 direct-sum reference, on the GPU."""
+import threading
+
 import pytest
 import torch
 
 from espnet_rwkv.ops import wkv
 from espnet_rwkv.ops.wkv import empty_state
+from espnet_rwkv.ops.wkv import cuda as wkv_cuda_module
+from espnet_rwkv.ops.wkv.cuda import wkv_cuda
 from wkv_reference import wkv_reference
 
 pytestmark = [
@@ -209,6 +213,7 @@ def test_auto_backend_uses_the_extension():
     "change,message",
     [
         (lambda a: {**a, "v": a["v"][:, :-1]}, "must both be"),
+        (lambda a: {**a, "k": a["k"][0], "v": a["v"][0]}, "must both be"),
         (lambda a: {**a, "v": a["v"].half()}, "must share"),
         (lambda a: {**a, "time_decay": a["time_decay"][:-1]}, "time_decay must be"),
         (lambda a: {**a, "time_first": a["time_first"].cpu()}, "one device"),
@@ -229,6 +234,61 @@ def test_auto_backend_zero_length_returns_state_unchanged():
     state = _state(2, 4)
     y, out = wkv(td, tf, k, v, state)
     assert y.shape == (2, 0, 4) and out is state
+
+
+def test_extension_passes_the_state_through_zero_frames():
+    # The auto backend hands T = 0 to the extension: the state comes back as it went in,
+    # with its graph; no state gives the empty one.
+    td, tf, k, v = _inputs(2, 0, 4)
+    state = _state(2, 4).requires_grad_()
+    y, out = wkv_cuda(td, tf, k, v, state)
+    assert y.shape == (2, 0, 4) and y.dtype == k.dtype and out is state
+    y, out = wkv_cuda(td, tf, k, v)
+    assert torch.equal(out, empty_state(2, 4, DEV))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (lambda a: a[:3], "takes time_decay, time_first, k, v"),
+        (lambda a: a + [None, None], "takes time_decay, time_first, k, v"),
+        (lambda a: a[:2] + [a[2].tolist(), a[3]], "k must be a tensor, got list"),
+        (lambda a: a + [0.0], "state must be a tensor or None, got float"),
+    ],
+)
+def test_extension_rejects_arguments_that_are_not_tensors(args, message):
+    with pytest.raises(TypeError, match=message):
+        wkv_cuda_module._extension().wkv(*args(_inputs(2, 8, 4)))
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="threads and CUDA graphs of the real device")
+def test_runs_on_a_thread_new_to_cuda_and_in_a_cuda_graph():
+    # The driver launch runs in the thread's current context: a thread that has not used CUDA
+    # yet has none until the launch binds the device's. And a CUDA graph captures the launches.
+    td, tf, k, v = _inputs(2, 40, 8)
+    state = _state(2, 8)
+    want = wkv(td, tf, k, v, state, backend="cuda")
+    got, errors = [], []
+
+    def run():
+        try:
+            got.append(wkv(td, tf, k, v, state, backend="cuda"))
+        except Exception as err:  # re-raised in the test's thread
+            errors.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert not errors, errors
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got.append(wkv(td, tf, k, v, state, backend="cuda"))
+    k.mul_(0.5)  # replay reads the new keys
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(got[0], want))
+    for a, b in zip(got[1], wkv(td, tf, k, v, state, backend="cuda")):
+        assert torch.equal(a, b)
 
 
 def test_parameter_gradients_take_the_parameters_dtype():

@@ -1,12 +1,10 @@
 // Runs CUDA kernels on the CPU for tools/wkv_emu/emulate.py: one std::thread per CUDA
-// thread, blocks one after another, __syncthreads and warp shuffles through barriers,
-// cp.async deferred until the wait.
+// thread, blocks one after another, __syncthreads through a barrier, cp.async deferred
+// until the wait.
 #pragma once
 #include <barrier>
 #include <cmath>
-#include <cstdint>
 #include <cstring>
-#include <memory>
 #include <thread>
 #include <vector>
 #include <torch/extension.h>
@@ -19,12 +17,8 @@ struct alignas(16) float4 { float x, y, z, w; };
 
 namespace emu {
 struct Block {
-  explicit Block(int n) : bar(n), slots(n), pending(n) {
-    for (int w = 0; w < n / 32; ++w) warp.emplace_back(std::make_unique<std::barrier<>>(32));
-  }
+  explicit Block(int n) : bar(n), pending(n) {}
   std::barrier<> bar;
-  std::vector<std::unique_ptr<std::barrier<>>> warp;
-  std::vector<uint32_t> slots;
   struct Copy { void* dst; const void* src; size_t n; };
   std::vector<std::vector<Copy>> pending;
 };
@@ -34,23 +28,9 @@ inline thread_local Block* blk = nullptr;
 inline float4* g_dyn = nullptr;
 inline int tid() { return (tIdx.z * bDim.y + tIdx.y) * bDim.x + tIdx.x; }
 
-template <typename T> T shfl(T v, int src_lane) {
-  const int t = tid(), w = t / 32;
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  blk->slots[t] = bits;
-  blk->warp[w]->arrive_and_wait();
-  const uint32_t got = blk->slots[w * 32 + src_lane];
-  blk->warp[w]->arrive_and_wait();
-  T out;
-  std::memcpy(&out, &got, 4);
-  return out;
-}
-
 template <typename Kernel, typename... Args>
 void launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, Args... args) {
   const int n = block.x * block.y * block.z;
-  TORCH_CHECK(n % 32 == 0 || n < 32, "emu: block not whole warps");
   std::vector<float4> dyn(smem / 16 + 1);
   bDim = block; gDim = grid;
   for (unsigned bz = 0; bz < grid.z; ++bz)
@@ -93,24 +73,8 @@ inline at::TensorBase empty_cuda_poisoned(at::IntArrayRef sizes, at::ScalarType 
 #define __launch_bounds__(...)
 #define __restrict__
 #define __shared__ static
-#define C10_CUDA_CHECK(x) (void)(x)
-#define C10_CUDA_KERNEL_LAUNCH_CHECK() (void)0
-enum { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
-template <typename K> int cudaFuncSetAttribute(K, int, size_t) { return 0; }
 
 inline void __syncthreads() { emu::blk->bar.arrive_and_wait(); }
-template <typename T> T __shfl_up_sync(unsigned, T v, unsigned d, int width = 32) {
-  const int lane = emu::tid() % 32, base = lane & ~(width - 1), src = lane - (int)d;
-  return emu::shfl(v, src < base ? lane : src);
-}
-template <typename T> T __shfl_down_sync(unsigned, T v, unsigned d, int width = 32) {
-  const int lane = emu::tid() % 32, base = lane & ~(width - 1), src = lane + (int)d;
-  return emu::shfl(v, src >= base + width ? lane : src);
-}
-template <typename T> T __shfl_sync(unsigned, T v, int s, int width = 32) {
-  const int lane = emu::tid() % 32, base = lane & ~(width - 1);
-  return emu::shfl(v, base + (s & (width - 1)));
-}
 inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }

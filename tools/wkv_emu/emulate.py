@@ -4,7 +4,7 @@
     PYTHONPATH=. python tools/wkv_emu/emulate.py asan    # bench/wkv_sanitize.py's cases under ASan
 
 The .cu file is compiled by g++ (C++20) with cuda_emu.h after a few text substitutions
-(CUDA-only includes, the cp.async helpers, the launches); the host code is compiled as
+(CUDA-only includes, the cp.async helpers, the driver launch); the host code is compiled as
 it is. One std::thread per CUDA thread, blocks one after another, cp.async copies land
 only at the wait, dynamic shared memory and outputs start as NaN. Exact expf and
 division stand in for __expf and __fdividef. Slow (the T=16384 test takes minutes),
@@ -22,23 +22,30 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
 
+EMU_LAUNCH = """template <auto kKernel, typename... Args>
+void launch(dim3 grid, dim3 block, size_t smem, Args... args) {
+  emu::launch(kKernel, grid, block, smem, args...);
+}
+"""
+
+
 def build(src=ROOT / "cuda_ext" / "wkv.cu", name="wkv_emu", asan=False):
     """The emulated extension module (the same `wkv` as the CUDA one)."""
     from torch.utils.cpp_extension import load
 
     s = Path(src).read_text()
     for inc in ("#include <c10/cuda/CUDAStream.h>\n", "#include <c10/cuda/CUDAGuard.h>\n",
-                "#include <ATen/cuda/EmptyTensor.h>\n"):
+                "#include <ATen/cuda/EmptyTensor.h>\n", "#include <cuda.h>\n", "#include <cudaTypedefs.h>\n"):
         s = s.replace(inc, "")
     s = s.replace("#include <torch/extension.h>\n", '#include <torch/extension.h>\n#include "cuda_emu.h"\n')
     start = s.index("__device__ __forceinline__ void cp_async16")
     end = s.index("}", s.index("__device__ __forceinline__ void cp_async_wait_all")) + 1
     s = s[:start] + s[end:]  # cuda_emu.h has these
     s = s.replace("extern __shared__ float4 dyn[];", "float4* dyn = emu::g_dyn;")
-    launches = s.count("<<<")
-    s, n = re.subn(r"kernel<<<grid, block, smem, c10::cuda::getCurrentCUDAStream\(\)>>>\(args\.\.\.\);",
-                   "emu::launch(kernel, grid, block, smem, args...);", s)
-    assert n == launches, "a launch the emulator does not know"
+    start = s.index("struct Driver {")  # the driver launch, up to the end of launch()
+    end = s.index("\n}\n", s.index("void launch(dim3 grid")) + 3
+    s = s[:start] + EMU_LAUNCH + s[end:]
+    assert "<<<" not in s and "launch_kernel(" not in s, "a launch the emulator does not know"
     s = re.sub(r"\w+\.is_cuda\(\)", "true", s)
     s = re.sub(r"\n\s*const at::cuda::CUDAGuard guard\([^;]*\);", "", s)
     s = s.replace("at::empty(", "emu::empty_poisoned(").replace("at::detail::empty_cuda(", "emu::empty_cuda_poisoned(")

@@ -21,7 +21,7 @@ def wkv_cuda(time_decay, time_first, k, v, state=None):
 
     Args:
         time_decay, time_first: (C,) any float dtype, on k's device.
-        k, v: (B, T, C) float32, bfloat16 or float16 CUDA tensors, T > 0.
+        k, v: (B, T, C) float32, bfloat16 or float16 CUDA tensors.
         state: (B, 3, C) float32, or None for the empty state.
     Returns:
         y (B, T, C) in k's dtype and the state after the last frame (B, 3, C) float32;
