@@ -50,11 +50,15 @@ template <typename T> __device__ __forceinline__ float to_f(T x) { return static
 template <typename T> __device__ __forceinline__ T from_f(float x) { return static_cast<T>(x); }
 
 // c1 = e^{x1 - m}, c2 = e^{x2 - m} with m = max(x1, x2): one of them is 1, so one exp.
-__device__ __forceinline__ void rescale(float x1, float x2, float& c1, float& c2) {
+// Returns whether x1 is the max (c1 = 1); callers take the max and the argmax from it too, so
+// one comparison serves all three.
+__device__ __forceinline__ bool rescale(float x1, float x2, float& c1, float& c2) {
   const float d = x1 - x2;
   const float e = __expf(-fabsf(d));
-  c1 = d >= 0.f ? 1.f : e;
-  c2 = d >= 0.f ? e : 1.f;
+  const bool first = d >= 0.f;
+  c1 = first ? 1.f : e;
+  c2 = first ? e : 1.f;
+  return first;
 }
 
 // The update's two factors in one register: the one that is not 1, with the sign bit
@@ -69,17 +73,17 @@ __device__ __forceinline__ void unpack_factors(float f, float& c1, float& c2) {
   c2 = bits >= 0 ? m : 1.f;
 }
 
-// (a, b, p, idx) <- (a, b, p) decayed by `decay`, plus the later (sa, sb, sp, sidx).
-// idx: frame that set the max exponent; ties keep the earlier one.
-__device__ __forceinline__ void merge(float& a, float& b, float& p, int& idx, float decay,
-                                      float sa, float sb, float sp, int sidx) {
+// (a, b, p) <- (a, b, p) decayed by `decay`, plus the later (sa, sb, sp). Returns whether the
+// later one set the max exponent (ties keep the earlier).
+__device__ __forceinline__ bool merge(float& a, float& b, float& p, float decay, float sa,
+                                      float sb, float sp) {
   const float pd = p + decay;
   float c1, c2;
-  rescale(pd, sp, c1, c2);
+  const bool earlier = rescale(pd, sp, c1, c2);
   a = a * c1 + sa * c2;
   b = b * c1 + sb * c2;
-  if (sp > pd) idx = sidx;
-  p = fmaxf(pd, sp);
+  p = earlier ? pd : sp;
+  return !earlier;
 }
 
 // w = -exp(time_decay), accurately: every exponent is a multiple of w.
@@ -105,13 +109,16 @@ __device__ __forceinline__ void rows_of(int n, Body&& body) {
 
 // Asynchronous global -> shared copies (sm_80+): the next super-chunk's frames are
 // staged in shared memory while the current one is computed, with no registers held.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
-      static_cast<unsigned>(__cvta_generic_to_shared(dst))), "l"(src));
+// dst is a shared-window address (smem_addr), taken once per kernel: converted from a
+// generic pointer at each copy, it cost ~6 of the ~15 instructions of a copy (SASS).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
 }
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(
-      static_cast<unsigned>(__cvta_generic_to_shared(dst))), "l"(src));
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() {
@@ -132,8 +139,9 @@ struct Stager {
   static constexpr int kCopies = (kN << kLog2Pieces) / kLanes;    // per thread
   static_assert(kCopies >= 1 && kCopies * kLanes == (kN << kLog2Pieces),
                 "whole pieces per thread");
+  static constexpr int kLog2Row = kLog2Lanes + (sizeof(scalar_t) == 4 ? 2 : 1);  // bytes a frame
   int src[kCopies];  // offset from the super-chunk's first frame at channel 0
-  int dst[kCopies];  // offset in the tile, or -1; dst >> kLog2Lanes: the frame (-1 stays -1)
+  int dst[kCopies];  // byte offset in the tile, or -1; dst >> kLog2Row: the frame (-1 stays -1)
   int C, c0;
   bool vec;
 
@@ -144,18 +152,19 @@ struct Stager {
       const int piece = j * threads + tid;
       const int r = piece >> kLog2Pieces, q = (piece & ((1 << kLog2Pieces) - 1)) * kPer;
       src[j] = r * C + c0 + q;
-      dst[j] = c0 + q < C ? r * kLanes + q : -1;  // -1: past C, never copied
+      dst[j] = c0 + q < C ? (r * kLanes + q) * static_cast<int>(sizeof(scalar_t)) : -1;  // -1: past C
     }
   }
 
-  __device__ __forceinline__ void operator()(scalar_t* tile, const scalar_t* src_, int base,
-                                             int T) const {
+  // tile: the tile's generic pointer, tile_s: its smem_addr.
+  __device__ __forceinline__ void operator()(scalar_t* tile, unsigned tile_s, const scalar_t* src_,
+                                             int base, int T) const {
     const scalar_t* s = src_ + base * C;
     if (vec) {
 #pragma unroll
       for (int j = 0; j < kCopies; ++j)
-        if (static_cast<unsigned>(dst[j] >> kLog2Lanes) < static_cast<unsigned>(T - base))
-          cp_async16(tile + dst[j], s + src[j]);
+        if (static_cast<unsigned>(dst[j] >> kLog2Row) < static_cast<unsigned>(T - base))
+          cp_async16(tile_s + dst[j], s + src[j]);
     } else {
       const int c = c0 + threadIdx.x;
 #pragma unroll
@@ -167,10 +176,11 @@ struct Stager {
   }
 };
 
-// Row summaries (a, b, p, idx) of one super-chunk, replaced by the state entering each row.
+// Row summaries (a, b, p) of one super-chunk, replaced by the state entering each row; at the
+// end (training) each row's last reset frame.
 struct FwdShared {
   float a[kFwdRows][kLanes], b[kFwdRows][kLanes], p[kFwdRows][kLanes];
-  int idx[kFwdRows][kLanes];
+  int last_reset[kFwdRows][kLanes];
 };
 
 // Run by warp 0: lane x folds channel x's G row summaries in order into the carry (the state
@@ -178,18 +188,16 @@ struct FwdShared {
 // at the barrier. A shuffle scan over the rows by every warp took ~14 of the forward's 79
 // instructions per warp-frame (ncu). With all rows there (long T) the loop has no guards, so
 // the rows' loads and exps overlap: only p's add and max chain one row to the next.
-template <int kN, bool kArgmax>
+template <int kN>
 __device__ __forceinline__ void forward_carry(FwdShared& sh, int G, int x, float w, float& ca,
-                                              float& cb, float& cp, int& ci) {
+                                              float& cb, float& cp) {
   rows_of<kFwdRows>(G, [&](auto all) {
 #pragma unroll
     for (int r = 0; r < kFwdRows; ++r) {
       if (all.value || r < G) {
         const float sa = sh.a[r][x], sb = sh.b[r][x], sp = sh.p[r][x];
-        const int si = kArgmax ? sh.idx[r][x] : 0;
         sh.a[r][x] = ca; sh.b[r][x] = cb; sh.p[r][x] = cp;
-        if (kArgmax) sh.idx[r][x] = ci;
-        merge(ca, cb, cp, ci, static_cast<float>(kN) * w, sa, sb, sp, si);
+        merge(ca, cb, cp, static_cast<float>(kN) * w, sa, sb, sp);
       }
     }
   });
@@ -209,6 +217,7 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
   __shared__ FwdShared sh;
   extern __shared__ float4 dyn[];
   scalar_t* tiles = reinterpret_cast<scalar_t*>(dyn);
+  const unsigned tiles_s = smem_addr(tiles);
   constexpr int kR = 1 << kFwdLog2R<scalar_t>;  // frames per thread row
   const int G = 1 << log2G, g = threadIdx.y, x = threadIdx.x;
   const int log2rows = log2G + kFwdLog2R<scalar_t>, rows = 1 << log2rows;
@@ -226,7 +235,7 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
 
   // The carry of this lane's channel (kept by warp 0).
   float ca = 0.f, cb = 0.f, cp = kEmptyP;
-  int ci = -1;
+  int last_reset = -1;  // training: the last frame of this thread's rows that set the max exponent
   if (state_in != nullptr && g == 0) {
     const float* s0 = state_in + (size_t)bi * 3 * C;
     ca = s0[cc]; cb = s0[C + cc]; cp = s0[2 * C + cc];
@@ -234,9 +243,9 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
 
   const Stager<kR, scalar_t> stager(C, c0, vec);
   auto stage = [&](int st, int base) {
-    scalar_t* tk = tiles + st * 2 * rows * kLanes;
-    stager(tk, k, base, T);
-    stager(tk + rows * kLanes, v, base, T);
+    const int tk = st * 2 * rows * kLanes, tv = tk + rows * kLanes;  // tile offsets
+    stager(tiles + tk, tiles_s + tk * sizeof(scalar_t), k, base, T);
+    stager(tiles + tv, tiles_s + tv * sizeof(scalar_t), v, base, T);
     cp_async_commit();
   };
   stage(0, 0);
@@ -251,18 +260,11 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
     const int n = live ? max(0, min(kR, T - t0)) : 0;  // this row's frames
     // Row summary from the empty state: max exponent first, then one exp per frame.
     float sp = kEmptyP, sa = 0.f, sb = 0.f;
-    int sidx = -1;
     rows_of<kR>(n, [&](auto all) {
 #pragma unroll
-      for (int i = 0; i < kR; ++i) {
-        if (all.value || i < n) {
-          const float e = fmaf(static_cast<float>(kR - 1 - i), w, to_f(ks[i * kLanes]));
-          if (e > sp) {
-            sp = e;
-            if (kTrain) sidx = t0 + i;
-          }
-        }
-      }
+      for (int i = 0; i < kR; ++i)
+        if (all.value || i < n)
+          sp = fmaxf(sp, fmaf(static_cast<float>(kR - 1 - i), w, to_f(ks[i * kLanes])));
 #pragma unroll
       for (int i = 0; i < kR; ++i) {
         if (all.value || i < n) {
@@ -273,12 +275,10 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
       }
     });
     sh.a[g][x] = sa; sh.b[g][x] = sb; sh.p[g][x] = sp;
-    if (kTrain) sh.idx[g][x] = sidx;
     __syncthreads();
-    if (g == 0) forward_carry<kR, kTrain>(sh, G, x, w, ca, cb, cp, ci);
+    if (g == 0) forward_carry<kR>(sh, G, x, w, ca, cb, cp);
     __syncthreads();
     float a = sh.a[g][x], b = sh.b[g][x], p = sh.p[g][x];
-    int idx = kTrain ? sh.idx[g][x] : 0;
     scalar_t* yr = y + t0 * C + c;
     float* sv = saved + ((size_t)bi * n_saved + t0 / kL) * 3 * C + c;
     rows_of<kR>(n, [&](auto all) {
@@ -293,14 +293,25 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
           float c1, c2;
           rescale(p, u + kt, c1, c2);
           yr[i * C] = from_f<scalar_t>(__fdividef(a * c1 + vt * c2, b * c1 + c2));
-          merge(a, b, p, idx, w, vt, 1.f, kt, t0 + i);  // the state after frame t0 + i
+          const bool reset = merge(a, b, p, w, vt, 1.f, kt);  // the state after frame t0 + i
+          if (kTrain && reset) last_reset = t0 + i;
         }
       }
     });
     if (n > 0 && t0 + n == T) {
       float* so = state_out + (size_t)bi * 3 * C;
       so[c] = a; so[C + c] = b; so[2 * C + c] = p;
-      if (kTrain) argmax_out[(size_t)bi * C + c] = idx;
+    }
+  }
+  if (kTrain) {
+    // The frame that set the final max exponent is the sequence's last reset: the latest of the
+    // rows' last resets. Tracked in the output pass, it costs the summaries and the carry nothing.
+    sh.last_reset[g][x] = last_reset;
+    __syncthreads();
+    if (g == 0 && live) {
+      int latest = -1;
+      for (int r = 0; r < G; ++r) latest = max(latest, sh.last_reset[r][x]);
+      argmax_out[(size_t)bi * C + c] = latest;
     }
   }
 }
@@ -349,6 +360,7 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
   const int log2rows = log2G + kLog2L, rows = 1 << log2rows;
   scalar_t* tiles = reinterpret_cast<scalar_t*>(dyn);                        // [2][3][rows][32]
   float* states = reinterpret_cast<float*>(dyn) + (6 * rows * kLanes * sizeof(scalar_t) + 3) / 4;
+  const unsigned tiles_s = smem_addr(tiles), states_s = smem_addr(states);
   const int n_cb = (C + kLanes - 1) / kLanes;
   const int bi = blockIdx.x / n_cb, c0 = (blockIdx.x % n_cb) * kLanes;
   const int c = c0 + x;
@@ -382,17 +394,17 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
 
   const Stager<kL, scalar_t> stager(C, c0, vec);
   auto stage = [&](int st, int base) {
-    scalar_t* tk = tiles + st * 3 * rows * kLanes;
-    stager(tk, k, base, T);
-    stager(tk + rows * kLanes, v, base, T);
-    if (gy != nullptr) stager(tk + 2 * rows * kLanes, gy, base, T);
+    const int tk = st * 3 * rows * kLanes, tv = tk + rows * kLanes, tg = tv + rows * kLanes;
+    stager(tiles + tk, tiles_s + tk * sizeof(scalar_t), k, base, T);
+    stager(tiles + tv, tiles_s + tv * sizeof(scalar_t), v, base, T);
+    if (gy != nullptr) stager(tiles + tg, tiles_s + tg * sizeof(scalar_t), gy, base, T);
     const int t0 = base + g * kL;
     if (live && t0 < T) {
       const float* s = sv + (size_t)(t0 / kL) * 3 * C + c;
-      float* d = states + ((st * G + g) * 3) * kLanes + x;
+      const unsigned d = states_s + (((st * G + g) * 3) * kLanes + x) * sizeof(float);
       cp_async4(d, s);
-      cp_async4(d + kLanes, s + C);
-      cp_async4(d + 2 * kLanes, s + 2 * C);
+      cp_async4(d + kLanes * sizeof(float), s + C);
+      cp_async4(d + 2 * kLanes * sizeof(float), s + 2 * C);
     }
     cp_async_commit();
   };
@@ -430,13 +442,13 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
           gmr[i] = gt * eu;
           const float pw = p + w;
           float c1, c2;
-          rescale(pw, kt, c1, c2);
-          fr[i] = pack_factors(c1, c2, pw >= kt);
+          const bool keep = rescale(pw, kt, c1, c2);
+          fr[i] = pack_factors(c1, c2, keep);
           ar[i] = a * c1;
           br[i] = b * c1;
           a = ar[i] + vt * c2;
           b = br[i] + c2;
-          p = fmaxf(pw, kt);
+          p = keep ? pw : kt;  // as the forward's merge
           Rl = fmaf(P, alr[i], Rl);
           Rm = fmaf(P, -alr[i] * yr[i], Rm);
           P *= c1;

@@ -81,8 +81,16 @@ inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; 
 inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
-inline void cp_async16(void* dst, const void* src) { emu::blk->pending[emu::tid()].push_back({dst, src, 16}); }
-inline void cp_async4(void* dst, const void* src) { emu::blk->pending[emu::tid()].push_back({dst, src, 4}); }
+// Shared-window addresses are byte offsets into the block's dynamic shared memory, where all
+// staging goes.
+inline unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(static_cast<const char*>(p) - reinterpret_cast<const char*>(emu::g_dyn));
+}
+inline void cp_async(unsigned dst, const void* src, size_t n) {
+  emu::blk->pending[emu::tid()].push_back({reinterpret_cast<char*>(emu::g_dyn) + dst, src, n});
+}
+inline void cp_async16(unsigned dst, const void* src) { cp_async(dst, src, 16); }
+inline void cp_async4(unsigned dst, const void* src) { cp_async(dst, src, 4); }
 inline void cp_async_commit() {}
 inline void cp_async_wait_all() {
   for (auto& c : emu::blk->pending[emu::tid()]) std::memcpy(c.dst, c.src, c.n);
