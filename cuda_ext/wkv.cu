@@ -139,7 +139,7 @@ struct Stager {
   static constexpr int kCopies = (kN << kLog2Pieces) / kLanes;    // per thread
   static_assert(kCopies >= 1 && kCopies * kLanes == (kN << kLog2Pieces),
                 "whole pieces per thread");
-  static constexpr int kLog2Row = kLog2Lanes + (sizeof(scalar_t) == 4 ? 2 : 1);  // bytes a frame
+  static constexpr int kLog2Row = kLog2Lanes + (sizeof(scalar_t) == 4 ? 2 : 1);  // a tile frame, bytes
   int src[kCopies];  // offset from the super-chunk's first frame at channel 0
   int dst[kCopies];  // byte offset in the tile, or -1; dst >> kLog2Row: the frame (-1 stays -1)
   int C, c0;
@@ -582,7 +582,7 @@ bool vec_ok(std::initializer_list<const torch::Tensor*> ts, int64_t C) {
 }
 
 // Kernels are launched through the driver (cuLaunchKernel with the kernel's context-free
-// CUkernel handle): 0.6-0.8 us less host time per launch than through the runtime (host
+// CUkernel handle): 0.5-0.9 us less host time per launch than through the runtime (host
 // probe, H200), a tenth of the streaming step. The entry points come from the runtime, so
 // nothing links libcuda.
 struct Driver {
