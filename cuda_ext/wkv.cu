@@ -629,8 +629,9 @@ CUkernel kernel_handle() {
 
 template <auto kKernel, typename... Params, typename... Args>
 void launch_converted(void (*)(Params...), dim3 grid, dim3 block, size_t smem, Args... args) {
-  // A CUkernel runs in the current context, which a thread the runtime has not yet used for
-  // this device (the autograd engine's, on device 0) may not have: bind the primary one.
+  // A CUkernel on the legacy stream runs in the thread's current context, which a thread that
+  // has not used CUDA yet lacks (a new Python thread: without this the launch fails there with
+  // an invalid context, test_wkv_cuda.py): bind the device's primary one.
   CUcontext ctx = nullptr;
   check_driver(driver().ctx_get_current(&ctx), "cuCtxGetCurrent");
   if (ctx == nullptr) C10_CUDA_CHECK(c10::cuda::SetDevice(c10::cuda::current_device(), true));
