@@ -9,10 +9,17 @@ so that recipes run ``asr.sh --python "python3 -m espnet_rwkv.launch"``.
 The target runs without replacing ``__main__``: this module stays the main
 module, so processes that ESPnet starts with the ``spawn`` method (multi-GPU
 training) import it again, and with it the plugin, before they build a model.
+
+A process group the target leaves open (ESPnet's trainer under torchrun does) is
+destroyed when the target ends: gloo's worker threads still alive at interpreter
+teardown can abort the process after training finished (SIGABRT, "terminate called
+without an active exception"; seen once in CI, pytorch/pytorch#179291).
 """
 import importlib.util
 import runpy
 import sys
+
+import torch.distributed as dist
 
 import espnet_rwkv  # noqa: F401  (registers the plugin in ESPnet)
 
@@ -22,6 +29,14 @@ USAGE = "usage: python -m espnet_rwkv.launch (-m module | -c code | script.py) [
 def main(argv) -> None:
     if not argv or (argv[0] in ("-m", "-c") and len(argv) < 2):
         sys.exit(USAGE)
+    try:
+        _run(argv)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(argv) -> None:
     if argv[0] == "-m":
         module = argv[1]
         try:

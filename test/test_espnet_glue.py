@@ -188,6 +188,18 @@ def test_launcher_registers_in_spawned_workers():
     assert out.stdout.strip().splitlines()[-1] == "espnet_rwkv.asr.encoder"
 
 
+def test_launcher_destroys_the_process_group_the_target_leaves(tmp_path):
+    # Left to interpreter teardown, gloo's threads can abort a finished torchrun worker.
+    code = (
+        "import atexit, torch.distributed as dist\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path}/rendezvous', rank=0, world_size=1)\n"
+        "atexit.register(lambda: print('open at exit:', dist.is_initialized()))\n"
+    )
+    out = subprocess.run([sys.executable, "-m", "espnet_rwkv.launch", "-c", code],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "open at exit: False"
+
+
 def test_launcher_usage_errors():
     out = subprocess.run([sys.executable, "-m", "espnet_rwkv.launch", "-m", "no.such.module"], capture_output=True, text=True)
     assert out.returncode != 0 and "no module named 'no.such.module'" in out.stderr
