@@ -9,8 +9,8 @@ espnet2's WKVLinearAttention, and y.backward). fla is imported if installed. Pri
 table of median times (ms) of the whole Python call (CUDA events around it, the GPU idle
 before) and of the kernels alone (their GPU time summed, torch profiler), the
 copy-bandwidth floor measured in the same run and the ratios, then
-the streaming step (one chunk with state) against an empty kernel launch timed in turn
-with it, on the host and on the GPU (CUDA graph replay).
+the streaming step (one chunk with state, measured first in the process) against an empty
+kernel launch timed in turn with it, on the host and on the GPU (CUDA graph replay).
 --profile first prints the GPU time of each of our kernels (torch profiler) for
 bf16 fwd+bwd at B16 T1024 C512.
 """
@@ -272,6 +272,7 @@ def streaming_step():
                 g, ge = in_turn(graph_gpu_us, step, empty, rounds=3)
             rows.append((B, T, C, h, he, g, ge))
     return rows
+
 
 if __name__ == "__main__":
     main()
