@@ -1,6 +1,6 @@
 """Several processes: the CUDA build shared between them, and DDP training equal to one process.
 
-- Three processes JIT-build one extension at once through ``cuda_ext.jit_build``
+- Three processes JIT-build one extension at once through ``espnet_rwkv.ops.extension.jit_build``
   (as ESPnet's spawned workers do on first use): nvcc runs once, all import it.
 - A build killed half-way (torch leaves its ``lock`` file behind) does not
   block the next one.
@@ -42,10 +42,7 @@ TINY_CU = textwrap.dedent("""\
 # Builds the tiny extension through the plugin's loader and prints the module's name.
 BUILD = textwrap.dedent("""\
     import sys
-    try:
-        from espnet_rwkv.cuda_ext import jit_build
-    except ImportError:  # source tree without ``pip install``
-        from cuda_ext import jit_build
+    from espnet_rwkv.ops.extension import jit_build
     print(jit_build("tiny_ext", [sys.argv[1]]).__name__)
 """)
 

@@ -20,10 +20,11 @@ from espnet2.bin.asr_transducer_inference import Speech2Text
 from espnet2.tasks.asr_transducer import ASRTransducerTask
 from espnet_rwkv import stream
 from espnet_rwkv.asr.encoder import RWKVEncoder
-from espnet_rwkv.asr.rwkv_block import RWKVBlock, StreamingBlock, initial_block_state, wkv_chunk, wkv_chunk_masks
+from espnet_rwkv.asr.rwkv_block import RWKVBlock, StreamingBlock, initial_block_state
 from espnet_rwkv.ops import wkv
 from espnet_rwkv.ops.wkv import empty_state
-from wkv_reference import wkv_reference
+from espnet_rwkv.ops.wkv.chunk import wkv_chunk, wkv_chunk_masks
+from espnet_rwkv.ops.wkv.reference import wkv_reference
 from espnet_rwkv.asr import streaming
 from espnet_rwkv.asr.streaming import ExactAudioProcessor, StreamingRecognizer, load_speech2text
 

@@ -4,7 +4,7 @@ import torch
 
 from espnet_rwkv.ops import wkv
 from espnet_rwkv.ops.wkv import empty_state
-from wkv_reference import wkv_reference
+from espnet_rwkv.ops.wkv.reference import wkv_reference
 
 
 def _inputs(B, T, C, k_scale=1.0, dtype=torch.float32, seed=0):

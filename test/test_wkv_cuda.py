@@ -8,7 +8,7 @@ from espnet_rwkv.ops import wkv
 from espnet_rwkv.ops.wkv import empty_state
 from espnet_rwkv.ops.wkv import cuda as wkv_cuda_module
 from espnet_rwkv.ops.wkv.cuda import wkv_cuda
-from wkv_reference import wkv_reference
+from espnet_rwkv.ops.wkv.reference import wkv_reference
 
 pytestmark = [
     pytest.mark.gpu,

@@ -1,4 +1,4 @@
-"""Runs cuda_ext/wkv.cu's kernels on the CPU, for checking kernel logic without a GPU.
+"""Runs espnet_rwkv/ops/wkv/kernel.cu's kernels on the CPU, for checking kernel logic without a GPU.
 
     PYTHONPATH=. python tools/wkv_emu/emulate.py tests   # test/test_wkv_cuda.py, on the emulator
     PYTHONPATH=. python tools/wkv_emu/emulate.py asan    # bench/wkv_sanitize.py's cases under ASan
@@ -29,7 +29,7 @@ void launch(dim3 grid, dim3 block, size_t smem, Args... args) {
 """
 
 
-def build(src=ROOT / "cuda_ext" / "wkv.cu", name="wkv_emu", asan=False):
+def build(src=ROOT / "espnet_rwkv" / "ops" / "wkv" / "kernel.cu", name="wkv_emu", asan=False):
     """The emulated extension module (the same `wkv` as the CUDA one)."""
     from torch.utils.cpp_extension import load
 

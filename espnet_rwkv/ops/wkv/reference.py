@@ -1,4 +1,7 @@
-"""Independent float64 reference for WKV: the plain sums of NOTES.md §1, no recurrence."""
+"""Independent float64 reference for WKV: the plain sums of docs/rwkv.md, no recurrence.
+
+Slow (quadratic in T) and for tests only; nothing in the package calls it.
+"""
 import torch
 
 
