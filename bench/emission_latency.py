@@ -34,7 +34,7 @@ import torch
 import torchaudio
 import yaml
 
-import espnet_rwkv  # noqa: F401  (registers the RWKV encoder with ESPnet)
+import espnet_rwkv.espnet  # noqa: F401  (registers the RWKV encoder with ESPnet)
 from espnet_rwkv.asr.streaming import SAMPLE_RATE, StreamingRecognizer, load_speech2text
 
 PAUSE_S = 0.06

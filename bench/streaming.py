@@ -29,7 +29,7 @@ import torch
 import torchaudio
 import yaml
 
-import espnet_rwkv  # noqa: F401  (registers the RWKV encoder with ESPnet)
+import espnet_rwkv.espnet  # noqa: F401  (registers the RWKV encoder with ESPnet)
 from espnet2.bin.asr_transducer_inference import Speech2Text
 from espnet2.tasks.asr_transducer import ASRTransducerTask
 from espnet_rwkv.asr.streaming import SAMPLE_RATE, StreamingRecognizer, load_speech2text

@@ -21,7 +21,7 @@ import sys
 
 import torch.distributed as dist
 
-import espnet_rwkv  # noqa: F401  (registers the plugin in ESPnet)
+import espnet_rwkv.espnet  # noqa: F401  (registers the plugin in ESPnet, here and in spawned workers)
 
 USAGE = "usage: python -m espnet_rwkv.launch (-m module | -c code | script.py) [args ...]"
 

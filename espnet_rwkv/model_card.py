@@ -9,7 +9,7 @@ ESPnet's zip says. After packing, this module
   ``meta.yaml``, next to the ``espnet`` and ``torch`` versions that ESPnet
   records there (keys that ESPnet's unpacking ignores);
 - adds a ``README.md`` model card to the zip: what the model needs, with
-  versions, how to load it (``import espnet_rwkv`` first), the model, its
+  versions, how to load it (``import espnet_rwkv.espnet`` first), the model, its
   results and its training config;
 - unpacks the zip into ``<asr_exp>/hf_upload``: the folder that asr.sh's
   Hugging Face stage would push (the zip's files, the card as its README.md),
@@ -113,7 +113,7 @@ def card(name: str, corpus: str, lang: str, config: Dict, meta: Dict, num_params
         "## Use",
         "",
         "```python",
-        "import espnet_rwkv  # first: registers the RWKV encoder and the transducer losses in ESPnet",
+        "import espnet_rwkv.espnet  # first: registers the RWKV encoder and the transducer losses in ESPnet",
         "from espnet2.bin.asr_transducer_inference import Speech2Text",
         "",
         'speech2text = Speech2Text.from_pretrained(model_tag="<this repository, or the packed .zip>")',

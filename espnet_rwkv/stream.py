@@ -22,7 +22,7 @@ import numpy as np
 import soundfile
 import torch
 
-import espnet_rwkv  # noqa: F401  (registers the RWKV encoder with ESPnet)
+import espnet_rwkv.espnet  # noqa: F401  (registers the RWKV encoder with ESPnet)
 from espnet2.asr_transducer.utils import TooShortUttError
 from espnet_rwkv.asr.streaming import SAMPLE_RATE, StreamingRecognizer, load_speech2text
 

@@ -11,7 +11,7 @@ import torch
 from espnet2.tasks.asr_transducer import ASRTransducerTask
 from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
 
-import espnet_rwkv  # noqa: F401  (registers the plugin)
+import espnet_rwkv.espnet  # noqa: F401  (registers the plugin)
 
 CONF = Path(__file__).parent / "conf"
 TOKENS = ["<blank>", "<unk>", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ'", "<space>", "<sos/eos>"]

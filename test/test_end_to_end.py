@@ -121,8 +121,8 @@ def test_collect_stats_train_decode_pack_reload(corpus, config, tmp_path):
     launch("espnet2.bin.pack", "asr", "--asr_train_config", exp / "config.yaml", "--asr_model_file", model_file,
            "--option", feats_stats, "--outpath", packed, log=tmp_path / "pack.log")
 
-    # Reload in this process, as a user would after `import espnet_rwkv`.
-    import espnet_rwkv  # noqa: F401
+    # Reload in this process, as a user would after `import espnet_rwkv.espnet`.
+    import espnet_rwkv.espnet  # noqa: F401
     from espnet2.bin.asr_transducer_inference import Speech2Text
 
     speech2text = Speech2Text.from_pretrained(model_tag=str(packed), beam_size=2)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-import espnet_rwkv
+import espnet_rwkv.espnet  # noqa: F401  (registers the plugin)
 from conftest import TOKENS
 from espnet2.asr_transducer.encoder.encoder import Encoder
 from espnet2.tasks.asr_transducer import ASRTransducerTask
@@ -166,9 +166,41 @@ def test_loading_mismatched_checkpoint_is_an_error(tmp_path):
 
 
 def test_unsupported_espnet_version_is_refused(monkeypatch):
-    monkeypatch.setattr(espnet_rwkv.importlib.metadata, "version", lambda name: "202412")
+    from espnet_rwkv import registration
+
+    monkeypatch.setattr(registration.importlib.metadata, "version", lambda name: "202412")
     with pytest.raises(ImportError, match="supports espnet 202611, but espnet 202412"):
-        espnet_rwkv._check_espnet_version()
+        espnet_rwkv.register()
+
+
+def _imported_after(code: str) -> list:
+    """Modules that ``code``, run in a fresh interpreter, leaves imported (the espnet2 ones, and what the
+    transducer task's names are bound to)."""
+    probe = (
+        f"{code}\nimport sys\n"
+        "print(sorted(m for m in sys.modules if m == 'espnet2' or m.startswith('espnet2.')))\n"
+        "task = sys.modules.get('espnet2.tasks.asr_transducer')\n"
+        "print(task.Encoder.__module__ if task else None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-2:]
+
+
+def test_importing_the_ops_touches_no_espnet():
+    espnet_modules, _ = _imported_after("import espnet_rwkv.ops")
+    assert espnet_modules == "[]"
+
+
+def test_importing_the_package_registers_nothing():
+    espnet_modules, _ = _imported_after("import espnet_rwkv")
+    assert espnet_modules == "[]"
+    _, encoder = _imported_after("import espnet_rwkv, espnet2.tasks.asr_transducer")
+    assert encoder == "espnet2.asr_transducer.encoder.encoder"
+
+
+def test_import_espnet_rwkv_espnet_registers():
+    _, encoder = _imported_after("import espnet_rwkv.espnet")
+    assert encoder == "espnet_rwkv.asr.encoder"
 
 
 def test_launcher_registers_in_spawned_workers():

@@ -47,7 +47,7 @@ def test_card_says_what_the_model_needs(packed):
     assert "**Loading it needs espnet_rwkv:**" in card
     for package, version in [("espnet_rwkv", espnet_rwkv.__version__), ("espnet", meta["espnet"]), ("torch", meta["torch"])]:
         assert f"| {package} | {version} |" in card
-    assert "import espnet_rwkv  # first" in card
+    assert "import espnet_rwkv.espnet  # first" in card
     assert "encoder: 2 × rwkv (32), subsampling ×4" in card and "transducer loss: bat" in card
     model, _ = ASRTransducerTask.build_model_from_file(exp / "config.yaml", exp / MODEL_FILE)
     assert f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M" in card

@@ -19,7 +19,7 @@ from espnet2.bin.asr_transducer_inference import Speech2Text
 from espnet2.tasks.asr_transducer import ASRTransducerTask
 from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
 
-import espnet_rwkv  # noqa: F401  (registers the plugin, as the recipes' launcher does)
+import espnet_rwkv.espnet  # noqa: F401  (registers the plugin, as the recipes' launcher does)
 from packed_model import make_exp, pack
 
 EGS2 = Path(__file__).resolve().parents[1] / "egs2"

@@ -14,7 +14,7 @@ import soundfile
 import torch
 import yaml
 
-import espnet_rwkv  # noqa: F401
+import espnet_rwkv.espnet  # noqa: F401
 from espnet2.asr_transducer.utils import TooShortUttError
 from espnet2.bin.asr_transducer_inference import Speech2Text
 from espnet2.tasks.asr_transducer import ASRTransducerTask
