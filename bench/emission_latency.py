@@ -11,7 +11,7 @@ exactly: each sentence is synthesized word by word with espeak-ng in a voice
 unseen in training, and the words are joined with 60 ms pauses, so the end of
 word i is where its audio ends (trailing silence trimmed). Each model decodes
 it in windows of ``decoding_window`` ms through
-``espnet_rwkv.asr.streaming.StreamingRecognizer``: RWKV encoders on the exact
+``espnet_rwkv.asr.recognizer.StreamingRecognizer``: RWKV encoders on the exact
 path (the same tokens as full-utterance decoding), other encoders through
 ESPnet's ``Speech2Text.streaming_decode`` (as ``asr_transducer_inference
 --streaming true`` runs them). A word of the final hypothesis is emitted at
@@ -35,7 +35,7 @@ import torchaudio
 import yaml
 
 import espnet_rwkv.espnet  # noqa: F401  (registers the RWKV encoder with ESPnet)
-from espnet_rwkv.asr.streaming import SAMPLE_RATE, StreamingRecognizer, load_speech2text
+from espnet_rwkv.asr.recognizer import SAMPLE_RATE, StreamingRecognizer, load_speech2text
 
 PAUSE_S = 0.06
 VOICE = "en-gb-x-rp+m7"  # a test voice of egs2/synth_en (never in training)

@@ -32,7 +32,7 @@ import yaml
 import espnet_rwkv.espnet  # noqa: F401  (registers the RWKV encoder with ESPnet)
 from espnet2.bin.asr_transducer_inference import Speech2Text
 from espnet2.tasks.asr_transducer import ASRTransducerTask
-from espnet_rwkv.asr.streaming import SAMPLE_RATE, StreamingRecognizer, load_speech2text
+from espnet_rwkv.asr.recognizer import SAMPLE_RATE, StreamingRecognizer, load_speech2text
 
 RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "synth_en" / "asr1"
 CONFIGS = {

@@ -24,7 +24,7 @@ import torch
 
 import espnet_rwkv.espnet  # noqa: F401  (registers the RWKV encoder with ESPnet)
 from espnet2.asr_transducer.utils import TooShortUttError
-from espnet_rwkv.asr.streaming import SAMPLE_RATE, StreamingRecognizer, load_speech2text
+from espnet_rwkv.asr.recognizer import SAMPLE_RATE, StreamingRecognizer, load_speech2text
 
 
 class AudioError(ValueError):

@@ -25,8 +25,9 @@ from espnet_rwkv.ops import wkv
 from espnet_rwkv.ops.wkv import empty_state
 from espnet_rwkv.ops.wkv.chunk import wkv_chunk, wkv_chunk_masks
 from espnet_rwkv.ops.wkv.reference import wkv_reference
-from espnet_rwkv.asr import streaming
-from espnet_rwkv.asr.streaming import ExactAudioProcessor, StreamingRecognizer, load_speech2text
+from espnet_rwkv.asr import beam_history
+from espnet_rwkv.asr.features import ExactAudioProcessor
+from espnet_rwkv.asr.recognizer import StreamingRecognizer, load_speech2text
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "test" / "conf"
@@ -238,12 +239,12 @@ def test_shortened_label_history_changes_nothing(request, exp_name, monkeypatch)
     audio = speech_like(4.0, seed=7)
     results, longest = {}, {}
     for keep in (10**9, 0):
-        monkeypatch.setattr(streaming, "KEEP_LABELS", keep)
+        monkeypatch.setattr(beam_history, "KEEP_LABELS", keep)
         recognizer = StreamingRecognizer(load_speech2text(exp, 160, model_file=exp / "model.pth", beam_size=2))
-        shorten = recognizer._shorten_history
+        shorten = recognizer.history.shorten
         lengths = []
-        recognizer._shorten_history = lambda: shorten() or lengths.append(
-            (len(recognizer.committed), max(len(h.yseq) for h in recognizer.speech2text.beam_search.search_cache or [[]]))
+        recognizer.history.shorten = lambda: shorten() or lengths.append(
+            (len(recognizer.history.committed), max(len(h.yseq) for h in recognizer.speech2text.beam_search.search_cache or [[]]))
         )
         partials, final = stream_all(recognizer, audio, piece=2345)
         results[keep] = [(p.token_int, p.score) for p in partials + [final]]
