@@ -62,11 +62,12 @@ def build_env(tmp_path):
     source.write_text(TINY_CU)
     calls = tmp_path / "nvcc_calls"
     wrapper = tmp_path / "nvcc"
-    # With NVCC_HOLD set, the wrapper signals it started and hangs: a build to kill mid-way.
+    # With NVCC_HOLD set, the wrapper writes its pid there (whole, through a rename) and hangs as
+    # that process: a build to kill mid-way.
     wrapper.write_text(textwrap.dedent(f"""\
         #!/bin/sh
         echo run >> {calls}
-        if [ -n "$NVCC_HOLD" ]; then touch "$NVCC_HOLD"; sleep 600; fi
+        if [ -n "$NVCC_HOLD" ]; then echo $$ > "$NVCC_HOLD.tmp"; mv "$NVCC_HOLD.tmp" "$NVCC_HOLD"; exec sleep 600; fi
         exec {cuda_home}/bin/nvcc "$@"
     """))
     wrapper.chmod(0o755)
@@ -90,17 +91,48 @@ def test_parallel_builds_compile_once(build_env):
     assert _nvcc_runs(calls) == 1
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie that no one has reaped yet does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _kill_and_wait(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_killed_build_does_not_block_the_next(build_env, tmp_path):
     env, source, calls = build_env
     started = tmp_path / "nvcc_started"
     victim = subprocess.Popen([sys.executable, "-c", BUILD, source], env=dict(env, NVCC_HOLD=str(started)),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not started.exists():
-        assert victim.poll() is None and time.monotonic() < deadline, "the build never reached nvcc"
-        time.sleep(0.2)
-    os.killpg(victim.pid, signal.SIGKILL)
-    victim.wait()
+    held = None
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert victim.poll() is None and time.monotonic() < deadline, "the build never reached nvcc"
+            time.sleep(0.2)
+        held = int(started.read_text())
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+    finally:
+        # ninja starts each command in a process group of its own, which killpg above does not
+        # reach: the hung nvcc stand-in is killed by its pid.
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait()
+        if held is not None:
+            _kill_and_wait(held)
+    assert held is not None and not _alive(held), "no process of the killed build may outlive the test"
     assert list((tmp_path / "ext").glob("tiny_ext/lock")), "torch's lock file should outlive the killed build"
 
     result = subprocess.run([sys.executable, "-c", BUILD, source], env=env, capture_output=True, text=True, timeout=300)

@@ -174,7 +174,15 @@ def test_streaming_decodes_of_run_sh_run(recipe, system, tmp_path):
             speech2text = Speech2Text(asr_train_config=tmp_path / "config.yaml", **{**settings, "beam_size": 1})
         except NotImplementedError as e:
             pytest.skip(f"{system}: {e}")
-        assert isinstance(stream(speech2text, speech), list), name
+        hyps = stream(speech2text, speech)
+        assert hyps, f"{name}: the final window gave no hypothesis"
+        token_list = speech2text.asr_model.token_list
+        blank = token_list.index("<blank>")
+        for hyp in hyps:  # label sequences that start at blank, with a finite log probability
+            assert hyp.yseq[0] == blank and np.isfinite(hyp.score), (name, hyp)
+        for (_, tokens, token_int, _), hyp in zip(speech2text.hypotheses_to_results(hyps), hyps):
+            assert token_int == [t for t in hyp.yseq if t != blank], name
+            assert tokens == [token_list[t] for t in token_int], name
 
 
 # --- run.sh over a stand-in asr.sh: which stages run, for which system and decode ---

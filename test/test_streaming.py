@@ -314,6 +314,7 @@ def test_conformer_streaming_still_works(conformer_exp):
     assert final.is_final and final.end_s == 2.5 and all(p.compute_s > 0 for p in partials)
 
 
+@pytest.mark.slow
 def test_ten_minutes_stream_with_flat_state(rwkv_conv2d_exp):
     recognizer = StreamingRecognizer(
         load_speech2text(rwkv_conv2d_exp, 640, model_file=rwkv_conv2d_exp / "model.pth", beam_size=2)

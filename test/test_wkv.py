@@ -4,20 +4,9 @@ import torch
 
 from espnet_rwkv.ops import wkv
 from espnet_rwkv.ops.wkv import empty_state
+from conftest import rel_error as _rel
+from conftest import wkv_inputs as _inputs
 from espnet_rwkv.ops.wkv.reference import wkv_reference
-
-
-def _inputs(B, T, C, k_scale=1.0, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    time_decay = torch.randn(C, generator=g) * 1.5  # decays from e^-4.5 to e^4.5 per step
-    time_first = torch.randn(C, generator=g)
-    k = (torch.randn(B, T, C, generator=g) * k_scale).to(dtype)
-    v = torch.randn(B, T, C, generator=g).to(dtype)
-    return time_decay, time_first, k, v
-
-
-def _rel(x, ref):
-    return ((x.double() - ref).norm() / ref.norm()).item()
 
 
 @pytest.mark.parametrize("T", [1, 2, 15, 16, 17, 100, 4096])

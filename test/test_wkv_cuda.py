@@ -8,6 +8,8 @@ from espnet_rwkv.ops import wkv
 from espnet_rwkv.ops.wkv import empty_state
 from espnet_rwkv.ops.wkv import cuda as wkv_cuda_module
 from espnet_rwkv.ops.wkv.cuda import wkv_cuda
+from conftest import rel_error as _rel
+from conftest import wkv_inputs
 from espnet_rwkv.ops.wkv.reference import wkv_reference
 
 pytestmark = [
@@ -19,13 +21,8 @@ DEV = "cuda"
 HALF_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
 
 
-def _inputs(B, T, C, k_scale=1.0, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    time_decay = torch.randn(C, generator=g) * 1.5
-    time_first = torch.randn(C, generator=g)
-    k = torch.randn(B, T, C, generator=g) * k_scale
-    v = torch.randn(B, T, C, generator=g)
-    return [x.to(DEV) for x in (time_decay, time_first, k.to(dtype), v.to(dtype))]
+def _inputs(B, T, C, **kwargs):
+    return wkv_inputs(B, T, C, device=DEV, **kwargs)
 
 
 def _state(B, C, seed=1):
@@ -38,12 +35,6 @@ def _state(B, C, seed=1):
 def _ref(*args):
     """The float64 reference runs on the CPU (its index tensors live there)."""
     return wkv_reference(*[a.cpu() if a is not None else None for a in args])
-
-
-def _rel(x, ref):
-    x, ref = x.double().cpu(), ref.double().cpu()
-    # An all-zero reference (time_decay's gradient at T=1 from the empty state) needs x == 0.
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
 def _grads(fn, leaves, gy, gs):

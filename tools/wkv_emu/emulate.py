@@ -63,7 +63,8 @@ def route_cuda_backend_to(module):
     importlib.import_module("espnet_rwkv.ops.wkv.cuda")._extension = lambda: module
 
 
-CONFTEST = f"""
+# The repository's test/conftest.py (its helpers), then the emulator in place of the extension.
+CONFTEST = (ROOT / "test" / "conftest.py").read_text() + f"""
 import sys
 sys.path[:0] = [{str(ROOT / 'test')!r}, {str(HERE)!r}]
 from emulate import build, route_cuda_backend_to
