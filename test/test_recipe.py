@@ -23,13 +23,14 @@ import espnet_rwkv.espnet  # noqa: F401  (registers the plugin, as the recipes' 
 from packed_model import make_exp, pack
 
 EGS2 = Path(__file__).resolve().parents[1] / "egs2"
+TEMPLATE = EGS2 / "TEMPLATE" / "asr1"
 RECIPE = EGS2 / "synth_en" / "asr1"
 RECIPES = sorted(p.parent for p in EGS2.glob("*/asr1/run.sh"))
 RUNTIME_DIRS = {"data", "dump", "exp", "downloads", ".espnet", "utils", "steps", "scripts", "pyscripts"}
 
 
 def recipe_yamls():
-    """Every yaml file under egs2/ but the directories that runs and setup_recipe.sh create."""
+    """Every yaml file under egs2/ but the directories that runs and TEMPLATE/asr1/setup_recipe.sh create."""
     found = []
     for top, dirs, files in os.walk(EGS2):
         dirs[:] = [d for d in dirs if d not in RUNTIME_DIRS]
@@ -224,12 +225,11 @@ def packed_model(tmp_path_factory):
 
 
 def recipe_copy(tmp_path: Path, recipe: Path) -> Path:
-    """egs2/<recipe>/asr1 with the stand-in asr.sh and show_asr_result.sh, and a path.sh for this Python."""
-    shutil.copy(EGS2 / "asr_systems.sh", tmp_path / "asr_systems.sh")
+    """egs2/<recipe>/asr1 beside egs2/TEMPLATE/asr1, with the stand-in asr.sh and show_asr_result.sh,
+    and a path.sh for this Python."""
+    shutil.copytree(TEMPLATE, tmp_path / "TEMPLATE" / "asr1")
     work = tmp_path / recipe.parent.name / "asr1"
     shutil.copytree(recipe / "conf", work / "conf", symlinks=True)
-    (work / "local").mkdir(parents=True)
-    shutil.copy(recipe / "local" / "plot_wer_vs_latency.py", work / "local")
     shutil.copy(recipe / "run.sh", work / "run.sh")
     (work / "path.sh").write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
     (work / "asr.sh").write_text(FAKE_ASR_SH)
@@ -404,10 +404,13 @@ def test_espnet_data_prep_runs_espnets_data_sh_on_the_recipe(tmp_path, root_from
     for script in espnet_local.iterdir():
         script.chmod(0o755)
 
-    shutil.copy(EGS2 / "espnet_data_prep.sh", tmp_path / "espnet_data_prep.sh")
+    (tmp_path / "TEMPLATE" / "asr1").mkdir(parents=True)
+    shutil.copy(TEMPLATE / "espnet_data_prep.sh", tmp_path / "TEMPLATE" / "asr1" / "espnet_data_prep.sh")
     recipe = tmp_path / "mycorpus" / "asr1"
     (recipe / "local").mkdir(parents=True)
-    (recipe / "local" / "data.sh").write_text('#!/usr/bin/env bash\nexec "$(dirname "$0")/../../../espnet_data_prep.sh" somecorpus "$@"\n')
+    (recipe / "local" / "data.sh").write_text(
+        '#!/usr/bin/env bash\nexec "$(dirname "$0")/../../../TEMPLATE/asr1/espnet_data_prep.sh" somecorpus "$@"\n'
+    )
     (recipe / "local" / "data.sh").chmod(0o755)
     (recipe / "db.sh").write_text("CORPUS_DIR=${CORPUS_DIR:-downloads/somecorpus}\n")
     (recipe / "path.sh").write_text("")
@@ -430,8 +433,19 @@ def test_espnet_data_prep_runs_espnets_data_sh_on_the_recipe(tmp_path, root_from
     assert missing.returncode != 0 and "egs2/somecorpus/asr1/local/data.sh is missing" in missing.stderr
 
 
+def test_recipes_share_the_template_and_link_no_sibling():
+    """Shared recipe code is in egs2/TEMPLATE/asr1 only: no recipe links into another, and each
+    recipe's path.sh and run.sh name the template by relative path."""
+    for recipe in RECIPES:
+        for path in recipe.rglob("*"):
+            if path.is_symlink() and not set(path.relative_to(recipe).parts) & (RUNTIME_DIRS | {"asr.sh"}):
+                assert path.resolve().is_relative_to(recipe), f"{path} links out of its recipe"
+        assert "../../TEMPLATE/asr1/path.sh" in (recipe / "path.sh").read_text()
+        assert ". ../../TEMPLATE/asr1/asr_systems.sh" in (recipe / "run.sh").read_text()
+
+
 def test_paper_recipes_delegate_their_data_to_espnets_recipe():
     for recipe, corpus in [(EGS2 / "librispeech_100" / "asr1", "librispeech_100"), (EGS2 / "aishell" / "asr1", "aishell")]:
         data_sh = (recipe / "local" / "data.sh").read_text()
-        assert re.search(rf'espnet_data_prep\.sh" {corpus} "\$@"', data_sh)
+        assert re.search(rf'/TEMPLATE/asr1/espnet_data_prep\.sh" {corpus} "\$@"', data_sh)
         assert os.access(recipe / "local" / "data.sh", os.X_OK)
