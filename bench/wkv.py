@@ -1,9 +1,9 @@
 """WKV benchmark on one GPU: ours vs ESPnet's CUDA kernel vs fla's fused_recurrent_rwkv4.
 
-    PYTHONPATH=. python bench/wkv.py --espnet-src .peers/espnet_wkv [--profile]
+    PYTHONPATH=. python bench/wkv.py --espnet-src <folder> [--profile]
 
---espnet-src: a folder holding ESPnet's wkv_op.cpp and wkv_cuda.cu (from
-espnet2/asr_transducer/decoder/modules/rwkv/cuda/), built here with Tmax set to
+--espnet-src: a folder holding ESPnet's wkv_op.cpp and wkv_cuda.cu (copied from an ESPnet
+checkout's espnet2/asr_transducer/decoder/modules/rwkv/cuda/), built here with Tmax set to
 the longest T, and run as ESPnet runs them (through a Python autograd.Function like
 espnet2's WKVLinearAttention, and y.backward). fla is imported if installed. Prints one
 table of median times (ms) of the whole Python call (CUDA events around it, the GPU idle

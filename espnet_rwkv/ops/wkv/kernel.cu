@@ -1,4 +1,4 @@
-// RWKV-4 WKV (NOTES.md §1): forward and backward with a streaming (a, b, p) state.
+// RWKV-4 WKV (docs/rwkv.md; kernel design in docs/kernels.md): forward and backward with a streaming (a, b, p) state.
 //
 // Parallel over time by the associativity of the state update (RWKV paper,
 // arXiv 2305.13048): a block owns 32 channels (one per lane) of one batch row
@@ -92,7 +92,7 @@ __device__ __forceinline__ float decay_rate(const float* time_decay, int c) {
 }
 
 // Frames per forward thread row: 16 for 2-byte I/O, which halves the per-frame share of
-// the rows' chaining (SASS: ~27 of 98 instructions per frame at 8 with a shuffle scan), 8
+// the rows' chaining (a large share of the instructions per frame at 8), 8
 // for fp32, whose tiles of 16-frame rows would not leave two blocks per SM. A multiple of kL.
 template <typename scalar_t>
 constexpr int kFwdLog2R = sizeof(scalar_t) == 2 ? kFwdMaxLog2R : kLog2L;
@@ -110,7 +110,7 @@ __device__ __forceinline__ void rows_of(int n, Body&& body) {
 // Asynchronous global -> shared copies (sm_80+): the next super-chunk's frames are
 // staged in shared memory while the current one is computed, with no registers held.
 // dst is a shared-window address (smem_addr), taken once per kernel: converted from a
-// generic pointer at each copy, it cost ~6 of the ~15 instructions of a copy (SASS).
+// generic pointer at each copy, the conversion was a large part of the instructions of a copy.
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
 }
@@ -129,8 +129,8 @@ __device__ __forceinline__ void cp_async_wait_all() {
 // [c0, c0 + 32) of (T, C) tensors into tiles [G*kN][32]. vec (C a multiple of 16 bytes,
 // 16-byte aligned data): 16-byte copies spread over the block, consecutive threads on
 // consecutive pieces; every thread copies the same kCopies pieces of every super-chunk, so
-// their offsets are set once here (staging was 20 % of the backward's instructions when they
-// were recomputed per super-chunk). Else each thread copies its own kN frames (rows g*kN..,
+// their offsets are set once here (recomputed per super-chunk, staging was a large share of
+// the backward's instructions). Else each thread copies its own kN frames (rows g*kN..,
 // channel x) with plain loads. Frames past T and channels past C are left as they are.
 template <int kN, typename scalar_t>
 struct Stager {
@@ -185,8 +185,8 @@ struct FwdShared {
 
 // Run by warp 0: lane x folds channel x's G row summaries in order into the carry (the state
 // entering the super-chunk, advanced past it), one merge per row, while the other warps wait
-// at the barrier. A shuffle scan over the rows by every warp took ~14 of the forward's 79
-// instructions per warp-frame (ncu). With all rows there (long T) the loop has no guards, so
+// at the barrier (a shuffle scan over the rows by every warp cost more instructions per
+// warp-frame than this serial fold). With all rows there (long T) the loop has no guards, so
 // the rows' loads and exps overlap: only p's add and max chain one row to the next.
 template <int kN>
 __device__ __forceinline__ void forward_carry(FwdShared& sh, int G, int x, float w, float& ca,
@@ -521,8 +521,8 @@ __global__ void wkv_param_grad_kernel(const float* __restrict__ time_decay,
 }
 
 // Integers go into error messages as text: streaming an integer (or an IntArrayRef) into a
-// TORCH_CHECK message from this nvcc-compiled host code crashed the process on the H200
-// machine (torch 2.11, CUDA 13.0) instead of raising; std::to_string does not.
+// TORCH_CHECK message from this nvcc-compiled host code crashed the process (torch 2.11,
+// CUDA 13.0) instead of raising; std::to_string does not.
 // shape(t) is "(2, 8, 4)".
 std::string shape(const torch::Tensor& t) {
   std::string s = "(";
@@ -582,8 +582,8 @@ bool vec_ok(std::initializer_list<const torch::Tensor*> ts, int64_t C) {
 }
 
 // Kernels are launched through the driver (cuLaunchKernel with the kernel's context-free
-// CUkernel handle): 0.5-0.9 us less host time per launch than through the runtime (host
-// probe, H200), a tenth of the streaming step. The entry points come from the runtime, so
+// CUkernel handle): less host time per launch than through the runtime, which matters to
+// the host-bound streaming step. The entry points come from the runtime, so
 // nothing links libcuda.
 struct Driver {
   PFN_cuCtxGetCurrent_v4000 ctx_get_current;
@@ -669,8 +669,8 @@ torch::Tensor part_of(const at::TensorBase& buf, int64_t byte_offset, at::IntArr
 }
 
 // y (B, T, C) in k's dtype and the final state (B, 3, C) float32 over one allocation, taken
-// without the dispatcher: the streaming step is host-bound, and this costs 1.9 us of its
-// ~8 where two at::empty cost 3.0 (host probe, H200). Only where nothing is saved for a
+// without the dispatcher: the streaming step is host-bound, and one allocation here costs
+// less host time than two at::empty. Only where nothing is saved for a
 // backward, where the state would keep y's memory alive.
 std::tuple<torch::Tensor, torch::Tensor> outputs_in_one_allocation(const torch::Tensor& k) {
   const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
@@ -841,7 +841,7 @@ std::tuple<torch::Tensor, torch::Tensor> wkv(const torch::Tensor& time_decay,
 }
 
 // wkv(time_decay, time_first, k, v, state=None), positional, as a CPython fast call: pybind's
-// argument and result conversion cost 0.6 us more per call (host probe, H200).
+// argument and result conversion cost more host time per call.
 PyObject* wkv_py(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   TORCH_CHECK_TYPE(nargs == 4 || nargs == 5, "wkv: takes time_decay, time_first, k, v and "
