@@ -55,6 +55,7 @@ setup(
     name="espnet_rwkv",
     version=_version(),
     description="RWKV encoder and BAT loss for streaming transducer ASR in ESPnet",
+    license="Apache-2.0",
     packages=find_packages(include=["espnet_rwkv", "espnet_rwkv.*"]),
     package_data={"espnet_rwkv.ops": ["*/*.cu"]},
     python_requires=">=3.12,<3.13",
