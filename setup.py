@@ -4,6 +4,7 @@ Each op's kernel is ``espnet_rwkv/ops/<op>/kernel.cu``, installed as package dat
 (built JIT on first use), or built ahead of time here into ``espnet_rwkv.ops.<op>._C``
 when a CUDA toolkit is present. The version is ``__version__`` in espnet_rwkv/__init__.py.
 """
+
 import importlib.util
 import os
 import re
@@ -27,9 +28,7 @@ def _cuda_build():
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
     except ImportError:  # isolated build environment: no torch there
         return {}
-    if CUDA_HOME is None or not (
-        torch.cuda.is_available() or os.environ.get("ESPNET_RWKV_CUDA_BUILD") == "1"
-    ):
+    if CUDA_HOME is None or not (torch.cuda.is_available() or os.environ.get("ESPNET_RWKV_CUDA_BUILD") == "1"):
         return {}
     # The loader's own flags and op list; it imports only the standard library at import time.
     spec = importlib.util.spec_from_file_location("_extension", "espnet_rwkv/ops/extension.py")

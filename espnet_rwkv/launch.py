@@ -15,6 +15,7 @@ destroyed when the target ends: gloo's worker threads still alive at interpreter
 teardown can abort the process after training finished (SIGABRT, "terminate called
 without an active exception"; seen once in CI, pytorch/pytorch#179291).
 """
+
 import importlib.util
 import runpy
 import sys

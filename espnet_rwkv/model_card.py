@@ -20,6 +20,7 @@ ESPnet's zip says. After packing, this module
 
 Running it again on the same zip replaces what it added before.
 """
+
 import argparse
 import importlib.metadata
 import os
@@ -60,7 +61,9 @@ def needs_plugin(config: Dict) -> bool:
 def describe_model(config: Dict, num_params: int) -> List[str]:
     """Markdown bullet lines: encoder blocks, prediction and joint networks, loss, tokens, size."""
     encoder = config.get("encoder_conf", {})
-    blocks = [f"{b.get('num_blocks', 1)} × {b['block_type']} ({b.get('hidden_size')})" for b in encoder.get("body_conf", [])]
+    blocks = [
+        f"{b.get('num_blocks', 1)} × {b['block_type']} ({b.get('hidden_size')})" for b in encoder.get("body_conf", [])
+    ]
     subsampling = encoder.get("input_conf", {}).get("subsampling_factor", 4)
     model_conf = config.get("model_conf", {})
     loss = model_conf.get("transducer_loss", "rnnt")
@@ -123,7 +126,7 @@ def card(name: str, corpus: str, lang: str, config: Dict, meta: Dict, num_params
         "",
         "ESPnet's command-line tools load it through the plugin's launcher, e.g. "
         "`python -m espnet_rwkv.launch -m espnet2.bin.asr_transducer_inference ...`; "
-        "in a recipe, `asr.sh --asr_task asr_transducer --python \"python3 -m espnet_rwkv.launch\"`.",
+        'in a recipe, `asr.sh --asr_task asr_transducer --python "python3 -m espnet_rwkv.launch"`.',
         "",
         "## Results",
         "",

@@ -1,4 +1,5 @@
 """Fixtures and helpers shared by the tests (imported as ``from conftest import ...``)."""
+
 import shutil
 
 import pytest

@@ -1,4 +1,5 @@
 """Every op's kernel.cu compiles with nvcc and the build's own flags (compile only): CI has nvcc but no GPU."""
+
 import glob
 import os
 import shutil
@@ -35,9 +36,18 @@ def test_compiles(op, tmp_path):
 
     includes = [f"-I{p}" for p in include_paths() + [sysconfig.get_paths()["include"]]]
     cmd = [
-        nvcc, "-c", str(extension.source(op)), "-o", str(tmp_path / "out.o"), *extension.NVCC_FLAGS,
-        "--threads", "2", "-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H",
-        "-D_GLIBCXX_USE_CXX11_ABI=1", *includes,
+        nvcc,
+        "-c",
+        str(extension.source(op)),
+        "-o",
+        str(tmp_path / "out.o"),
+        *extension.NVCC_FLAGS,
+        "--threads",
+        "2",
+        "-DTORCH_EXTENSION_NAME=_C",
+        "-DTORCH_API_INCLUDE_EXTENSION_H",
+        "-D_GLIBCXX_USE_CXX11_ABI=1",
+        *includes,
     ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr[-4000:]}"

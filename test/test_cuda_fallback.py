@@ -1,4 +1,5 @@
 """A CUDA extension that cannot be built: backend "auto" warns once and uses PyTorch."""
+
 import warnings
 
 import pytest

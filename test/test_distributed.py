@@ -11,6 +11,7 @@
 
 All marked ``distributed`` (deselect with ``-m "not distributed"``).
 """
+
 import json
 import os
 import shutil
@@ -64,15 +65,23 @@ def build_env(tmp_path):
     wrapper = tmp_path / "nvcc"
     # With NVCC_HOLD set, the wrapper writes its pid there (whole, through a rename) and hangs as
     # that process: a build to kill mid-way.
-    wrapper.write_text(textwrap.dedent(f"""\
+    wrapper.write_text(
+        textwrap.dedent(f"""\
         #!/bin/sh
         echo run >> {calls}
         if [ -n "$NVCC_HOLD" ]; then echo $$ > "$NVCC_HOLD.tmp"; mv "$NVCC_HOLD.tmp" "$NVCC_HOLD"; exec sleep 600; fi
         exec {cuda_home}/bin/nvcc "$@"
-    """))
+    """)
+    )
     wrapper.chmod(0o755)
-    env = dict(os.environ, CUDA_HOME=cuda_home, PYTORCH_NVCC=str(wrapper), TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"),
-               MAX_JOBS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        CUDA_HOME=cuda_home,
+        PYTORCH_NVCC=str(wrapper),
+        TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"),
+        MAX_JOBS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
     return env, source, calls
 
 
@@ -82,8 +91,12 @@ def _nvcc_runs(calls: Path) -> int:
 
 def test_parallel_builds_compile_once(build_env):
     env, source, calls = build_env
-    procs = [subprocess.Popen([sys.executable, "-c", BUILD, source], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BUILD, source], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
@@ -113,8 +126,13 @@ def _kill_and_wait(pid: int) -> None:
 def test_killed_build_does_not_block_the_next(build_env, tmp_path):
     env, source, calls = build_env
     started = tmp_path / "nvcc_started"
-    victim = subprocess.Popen([sys.executable, "-c", BUILD, source], env=dict(env, NVCC_HOLD=str(started)),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    victim = subprocess.Popen(
+        [sys.executable, "-c", BUILD, source],
+        env=dict(env, NVCC_HOLD=str(started)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     held = None
     try:
         deadline = time.monotonic() + 120
@@ -144,8 +162,20 @@ def test_killed_build_does_not_block_the_next(build_env, tmp_path):
 def _bench(tmp_path, *flags):
     """``bench/distributed.py --tiny`` (RWKV-BAT, 1 and 2 processes, throughput and equivalence runs); its results."""
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, ROOT / "bench" / "distributed.py", "--tiny", *flags,
-                             "--workdir", tmp_path / "work", "--out", out], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            ROOT / "bench" / "distributed.py",
+            "--tiny",
+            *flags,
+            "--workdir",
+            tmp_path / "work",
+            "--out",
+            out,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert (out / "distributed.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
     print((out / "distributed.txt").read_text())
     (results,) = json.loads((out / "distributed.json").read_text())["results"]
@@ -154,8 +184,12 @@ def _bench(tmp_path, *flags):
 
 def _check_runs(results):
     assert results["world_sizes"] == [1, 2, 1, 2]  # rank 0's log prefix: the 2-process runs are distributed
-    assert results["batch_sizes"] == {"rwkv_bat/throughput_1": [4, 4], "rwkv_bat/throughput_2": [8, 8],
-                                      "rwkv_bat/equivalence_1": [5, 5], "rwkv_bat/equivalence_2": [5, 5]}
+    assert results["batch_sizes"] == {
+        "rwkv_bat/throughput_1": [4, 4],
+        "rwkv_bat/throughput_2": [8, 8],
+        "rwkv_bat/equivalence_1": [5, 5],
+        "rwkv_bat/equivalence_2": [5, 5],
+    }
     for n in ("1", "2"):
         assert results[f"throughput_{n}"]["steps"] == 5 and results[f"throughput_{n}"]["utt_per_s"] > 0
     assert len(results["equivalence"]["steps"]) == 3

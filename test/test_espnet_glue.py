@@ -1,4 +1,5 @@
 """The plugin inside ESPnet's transducer task: building, losses, validation, loading."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -6,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-import espnet_rwkv.espnet  # noqa: F401  (registers the plugin)
 from conftest import TOKENS
 from espnet2.asr_transducer.encoder.encoder import Encoder
 from espnet2.tasks.asr_transducer import ASRTransducerTask
+
+import espnet_rwkv.espnet  # noqa: F401  (registers the plugin)
 from espnet_rwkv.asr.encoder import RWKVEncoder
 from espnet_rwkv.asr.model import CheckpointMismatchError, TransducerModel
 
@@ -106,7 +107,10 @@ def test_rwkv_block_state_chains_like_one_pass():
         ([{"block_type": "rwkv", "hidden_size": 32, "heads": 4}], r"unknown option\(s\) \['heads'\]"),
         ([{"block_type": "rwkv"}], "hidden_size is required"),
         ([{"block_type": "rwkv", "hidden_size": 32, "num_blocks": 0}], "num_blocks must be"),
-        ([{"block_type": "rwkv", "hidden_size": 32}, {"block_type": "conformer", "hidden_size": 32}], "cannot be mixed"),
+        (
+            [{"block_type": "rwkv", "hidden_size": 32}, {"block_type": "conformer", "hidden_size": 32}],
+            "cannot be mixed",
+        ),
         ([{"block_type": "transformerx", "hidden_size": 32}], "Block type: transformerx is not supported"),
     ],
 )
@@ -140,8 +144,15 @@ def test_config_defaults_keep_espnet_model_options():
 
 
 def _save_experiment(tmp_path, conf, model):
-    config = {**conf, "token_list": list(TOKENS), "input_size": None, "frontend": "default",
-              "specaug": None, "normalize": None, "init": None}
+    config = {
+        **conf,
+        "token_list": list(TOKENS),
+        "input_size": None,
+        "frontend": "default",
+        "specaug": None,
+        "normalize": None,
+        "init": None,
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     torch.save(model.state_dict(), tmp_path / "model.pth")
     return tmp_path / "config.yaml", tmp_path / "model.pth"
@@ -215,7 +226,10 @@ def test_launcher_registers_in_spawned_workers():
     script_dir = Path(__file__).parent
     out = subprocess.run(
         [sys.executable, "-m", "espnet_rwkv.launch", "-c", code],
-        capture_output=True, text=True, check=True, cwd=script_dir,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=script_dir,
     )
     assert out.stdout.strip().splitlines()[-1] == "espnet_rwkv.asr.encoder"
 
@@ -227,11 +241,14 @@ def test_launcher_destroys_the_process_group_the_target_leaves(tmp_path):
         f"dist.init_process_group('gloo', init_method='file://{tmp_path}/rendezvous', rank=0, world_size=1)\n"
         "atexit.register(lambda: print('open at exit:', dist.is_initialized()))\n"
     )
-    out = subprocess.run([sys.executable, "-m", "espnet_rwkv.launch", "-c", code],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "espnet_rwkv.launch", "-c", code], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip().splitlines()[-1] == "open at exit: False"
 
 
 def test_launcher_usage_errors():
-    out = subprocess.run([sys.executable, "-m", "espnet_rwkv.launch", "-m", "no.such.module"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "espnet_rwkv.launch", "-m", "no.such.module"], capture_output=True, text=True
+    )
     assert out.returncode != 0 and "no module named 'no.such.module'" in out.stderr

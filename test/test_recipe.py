@@ -1,6 +1,7 @@
 """The recipes in egs2/: every config builds and steps through ESPnet with the plugin, every decode
 config is a Speech2Text setting that runs, run.sh drives asr.sh through the stages it should, and
 local/data.sh makes valid data dirs (synth_en) or runs ESPnet's own data preparation (the others)."""
+
 import inspect
 import os
 import re
@@ -18,9 +19,9 @@ from espnet2.bin import asr_transducer_inference
 from espnet2.bin.asr_transducer_inference import Speech2Text
 from espnet2.tasks.asr_transducer import ASRTransducerTask
 from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
+from packed_model import make_exp, pack
 
 import espnet_rwkv.espnet  # noqa: F401  (registers the plugin, as the recipes' launcher does)
-from packed_model import make_exp, pack
 
 EGS2 = Path(__file__).resolve().parents[1] / "egs2"
 TEMPLATE = EGS2 / "TEMPLATE" / "asr1"
@@ -82,8 +83,16 @@ def token_list(tmp_path: Path, size: int) -> Path:
 
 def parse_train_config(config: Path, tmp_path: Path, vocab: int):
     return ASRTransducerTask.get_parser().parse_args(
-        ["--config", str(config), "--token_list", str(token_list(tmp_path, vocab)), "--token_type", "char",
-         "--output_dir", str(tmp_path)]
+        [
+            "--config",
+            str(config),
+            "--token_list",
+            str(token_list(tmp_path, vocab)),
+            "--token_type",
+            "char",
+            "--output_dir",
+            str(tmp_path),
+        ]
     )
 
 
@@ -93,7 +102,9 @@ def test_train_config_builds_with_its_stated_size_and_steps(config, tmp_path):
     model = ASRTransducerTask.build_model(parse_train_config(config, tmp_path, vocab))
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, abs=0.05)
     speech = torch.randn(2, 16000)
-    loss, _, _ = model(speech, torch.tensor([16000, 12000]), torch.tensor([[2, 3, 4], [5, 6, -1]]), torch.tensor([3, 2]))
+    loss, _, _ = model(
+        speech, torch.tensor([16000, 12000]), torch.tensor([[2, 3, 4], [5, 6, -1]]), torch.tensor([3, 2])
+    )
     assert torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -104,7 +115,7 @@ def test_systems_share_a_parameter_budget_and_a_frontend(recipe):
     configs = {p.name: p for p in TRAIN_CONFIGS if p.parents[2] == recipe}
     assert {"train_rwkv_bat.yaml", "train_conformer_chunk.yaml"} <= configs.keys()
     budgets = {name: stated_budget(path) for name, path in configs.items()}
-    for name, (vocab, millions, other, other_millions) in budgets.items():
+    for name, (vocab, _millions, other, other_millions) in budgets.items():
         assert budgets[other][0] == vocab and budgets[other][1] == other_millions, f"{name} states {other} wrongly"
     rwkv, conformer = budgets["train_rwkv_bat.yaml"][1], budgets["train_conformer_chunk.yaml"][1]
     assert abs(rwkv / conformer - 1) <= 0.10
@@ -147,7 +158,7 @@ def test_decode_config_is_a_speech2text_setting(config):
         ["--config", str(config), "--output_dir", "out", "--data_path_and_name_and_type", "wav.scp,speech,sound"]
     )
     assert set(settings) <= set(inspect.signature(Speech2Text.__init__).parameters)
-    name = config.stem[len("decode_"):]
+    name = config.stem[len("decode_") :]
     if name == "full":
         assert not settings.get("streaming", False)
     else:
@@ -234,7 +245,9 @@ def recipe_copy(tmp_path: Path, recipe: Path) -> Path:
     (work / "path.sh").write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
     (work / "asr.sh").write_text(FAKE_ASR_SH)
     (work / "scripts" / "utils").mkdir(parents=True)
-    (work / "scripts" / "utils" / "show_asr_result.sh").write_text('#!/usr/bin/env bash\necho "# RESULTS"; find "$1" -name result.txt | sort\n')
+    (work / "scripts" / "utils" / "show_asr_result.sh").write_text(
+        '#!/usr/bin/env bash\necho "# RESULTS"; find "$1" -name result.txt | sort\n'
+    )
     for script in (work / "asr.sh", work / "scripts" / "utils" / "show_asr_result.sh"):
         script.chmod(0o755)
     return work
@@ -259,7 +272,9 @@ def test_run_sh_runs_the_shared_stages_once_then_each_system(tmp_path, packed_mo
         expected += [["12-13", f"conf/train_{system}.yaml", system, f"decode_{d}"] for d in decodes]
         expected.append(["14-14", f"conf/train_{system}.yaml", system])
     assert [call[: len(e)] for call, e in zip(calls, expected)] == expected and len(calls) == len(expected)
-    assert all("inference_nj=3" in call for call in calls), "asr.sh options after run.sh's own pass through to every call"
+    assert all("inference_nj=3" in call for call in calls), (
+        "asr.sh options after run.sh's own pass through to every call"
+    )
     assert all(f"nj={min(len(os.sched_getaffinity(0)), 16)}" in call for call in calls), "a job a core"
     training = [call for call in calls if call[0] == "11-11"]
     cpu = not torch.cuda.is_available()
@@ -286,8 +301,13 @@ def test_run_sh_runs_only_the_asked_stages_and_systems(tmp_path, packed_model):
 
     # Packing, then the card, then the uploads of the zip with its card.
     (work / "asr_calls.log").unlink()
-    _, calls = run_recipe(work, "--stage", "14", "--stop_stage", "16", "--systems", "rwkv_bat", packed_model=packed_model)
-    assert [call[:3] for call in calls] == [["14-14", "conf/train_rwkv_bat.yaml", "rwkv_bat"], ["15-16", "conf/train_rwkv_bat.yaml", "rwkv_bat"]]
+    _, calls = run_recipe(
+        work, "--stage", "14", "--stop_stage", "16", "--systems", "rwkv_bat", packed_model=packed_model
+    )
+    assert [call[:3] for call in calls] == [
+        ["14-14", "conf/train_rwkv_bat.yaml", "rwkv_bat"],
+        ["15-16", "conf/train_rwkv_bat.yaml", "rwkv_bat"],
+    ]
 
 
 @pytest.mark.slow
@@ -298,7 +318,9 @@ def test_paper_recipes_run_sh_stages(recipe, tmp_path):
     decodes = [call[3] for call in calls if call[0] == "12-13"]
     assert sorted(decodes) == sorted(f"decode_{d}" for names in run_sh_decodes(recipe).values() for d in names)
     metric = "CER" if recipe.parent.name == "aishell" else "WER"
-    assert re.search(rf"conformer_chunk \S+ {metric} by window \(ms\) 160: 26.0, 320: 42.0, 640: 74.0, full: 11.0", result.stdout)
+    assert re.search(
+        rf"conformer_chunk \S+ {metric} by window \(ms\) 160: 26.0, 320: 42.0, 640: 74.0, full: 11.0", result.stdout
+    )
 
 
 # --- local/data.sh ---
@@ -316,7 +338,11 @@ def run_data_sh(workdir: Path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run(
         ["bash", "local/data.sh", "--num_train", "12", "--num_dev", "3", "--num_test", "3", "--nj", "2"],
-        cwd=workdir, capture_output=True, text=True, check=True, env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
 
 
@@ -360,7 +386,11 @@ def test_data_sh_makes_valid_disjoint_sets(workdir):
 
 
 def snapshot(workdir: Path):
-    return {p.relative_to(workdir): p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file() and "local" not in p.parts}
+    return {
+        p.relative_to(workdir): p.read_bytes()
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file() and "local" not in p.parts
+    }
 
 
 def test_data_sh_reruns_identically_and_resumes(workdir):
@@ -445,7 +475,10 @@ def test_recipes_share_the_template_and_link_no_sibling():
 
 
 def test_paper_recipes_delegate_their_data_to_espnets_recipe():
-    for recipe, corpus in [(EGS2 / "librispeech_100" / "asr1", "librispeech_100"), (EGS2 / "aishell" / "asr1", "aishell")]:
+    for recipe, corpus in [
+        (EGS2 / "librispeech_100" / "asr1", "librispeech_100"),
+        (EGS2 / "aishell" / "asr1", "aishell"),
+    ]:
         data_sh = (recipe / "local" / "data.sh").read_text()
         assert re.search(rf'/TEMPLATE/asr1/espnet_data_prep\.sh" {corpus} "\$@"', data_sh)
         assert os.access(recipe / "local" / "data.sh", os.X_OK)

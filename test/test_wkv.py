@@ -1,11 +1,12 @@
 """WKV operator (PyTorch backend) against the float64 direct-sum reference."""
+
 import pytest
 import torch
+from conftest import rel_error as _rel
+from conftest import wkv_inputs as _inputs
 
 from espnet_rwkv.ops import wkv
 from espnet_rwkv.ops.wkv import empty_state
-from conftest import rel_error as _rel
-from conftest import wkv_inputs as _inputs
 from espnet_rwkv.ops.wkv.reference import wkv_reference
 
 
@@ -55,9 +56,7 @@ def test_chunked_calls_equal_one_call():
     y_full, state_full = wkv(td, tf, k, v)
     state = None
     ys = []
-    for piece_k, piece_v in zip(
-        k.split([1, 30, 16, 50], dim=1), v.split([1, 30, 16, 50], dim=1)
-    ):
+    for piece_k, piece_v in zip(k.split([1, 30, 16, 50], dim=1), v.split([1, 30, 16, 50], dim=1)):
         y, state = wkv(td, tf, piece_k, piece_v, state)
         ys.append(y)
     torch.testing.assert_close(torch.cat(ys, dim=1), y_full, rtol=1e-5, atol=1e-6)

@@ -1,15 +1,16 @@
 """CUDA WKV extension against the float64 direct-sum reference, on the GPU."""
+
 import threading
 
 import pytest
 import torch
-
-from espnet_rwkv.ops import wkv
-from espnet_rwkv.ops.wkv import empty_state
-from espnet_rwkv.ops.wkv import cuda as wkv_cuda_module
-from espnet_rwkv.ops.wkv.cuda import wkv_cuda
 from conftest import rel_error as _rel
 from conftest import wkv_inputs
+
+from espnet_rwkv.ops import wkv
+from espnet_rwkv.ops.wkv import cuda as wkv_cuda_module
+from espnet_rwkv.ops.wkv import empty_state
+from espnet_rwkv.ops.wkv.cuda import wkv_cuda
 from espnet_rwkv.ops.wkv.reference import wkv_reference
 
 pytestmark = [
@@ -27,8 +28,9 @@ def _inputs(B, T, C, **kwargs):
 
 def _state(B, C, seed=1):
     g = torch.Generator().manual_seed(seed)
-    s = torch.stack([torch.randn(B, C, generator=g), torch.rand(B, C, generator=g) + 0.1,
-                     torch.randn(B, C, generator=g)], dim=1)
+    s = torch.stack(
+        [torch.randn(B, C, generator=g), torch.rand(B, C, generator=g) + 0.1, torch.randn(B, C, generator=g)], dim=1
+    )
     return s.to(DEV)
 
 
@@ -44,8 +46,9 @@ def _grads(fn, leaves, gy, gs):
     return y, s, [t.grad for t in leaves]
 
 
-@pytest.mark.parametrize("B,T,C", [(2, 1, 8), (3, 7, 5), (2, 63, 33), (2, 64, 32), (1, 65, 40),
-                                   (2, 300, 17), (1, 1024, 64), (1, 4096, 8)])
+@pytest.mark.parametrize(
+    "B,T,C", [(2, 1, 8), (3, 7, 5), (2, 63, 33), (2, 64, 32), (1, 65, 40), (2, 300, 17), (1, 1024, 64), (1, 4096, 8)]
+)
 @pytest.mark.parametrize("with_state", [False, True])
 def test_fp32_outputs_and_all_gradients_match_reference(B, T, C, with_state):
     td, tf, k, v = _inputs(B, T, C)
@@ -55,7 +58,8 @@ def test_fp32_outputs_and_all_gradients_match_reference(B, T, C, with_state):
     gs = torch.randn(B, 3, C, generator=g, device=DEV, dtype=torch.float64)
     y, s, grads = _grads(lambda *a: wkv(*a, backend="cuda"), [td, tf, k, v, state], gy, gs)
     y_ref, s_ref, grads_ref = _grads(
-        lambda *a: wkv_reference(*a), [t.double().cpu() for t in (td, tf, k, v, state)], gy, gs)
+        lambda *a: wkv_reference(*a), [t.double().cpu() for t in (td, tf, k, v, state)], gy, gs
+    )
     assert _rel(y, y_ref) < 1e-5
     assert _rel(s, s_ref) < 1e-5
     names = ["time_decay", "time_first", "k", "v", "state"]
@@ -83,8 +87,9 @@ def test_half_precision_within_tolerance(dtype):
     state = empty_state(2, 96, DEV)
     y, _, grads = _grads(lambda *a: wkv(*a, backend="cuda"), [td, tf, k, v, state], gy, gs)
     assert y.dtype == dtype
-    y_ref, _, grads_ref = _grads(lambda *a: wkv_reference(*a),
-                                 [t.double().cpu() for t in (td, tf, k, v, state)], gy, gs)
+    y_ref, _, grads_ref = _grads(
+        lambda *a: wkv_reference(*a), [t.double().cpu() for t in (td, tf, k, v, state)], gy, gs
+    )
     assert _rel(y, y_ref) < HALF_TOL[dtype]
     for got, ref in zip(grads[:4], grads_ref[:4]):
         assert _rel(got, ref) < HALF_TOL[dtype]
@@ -137,8 +142,7 @@ def test_chained_chunks_equal_one_pass_forward_and_backward():
         leaves = [t.clone().requires_grad_() for t in (td, tf, k, v)]
         state, ys = None, []
         for lo, hi in pieces:
-            y, state = wkv(leaves[0], leaves[1], leaves[2][:, lo:hi], leaves[3][:, lo:hi], state,
-                           backend="cuda")
+            y, state = wkv(leaves[0], leaves[1], leaves[2][:, lo:hi], leaves[3][:, lo:hi], state, backend="cuda")
             ys.append(y)
         y = torch.cat(ys, 1)
         ((y * gy).sum() + state[:, :2].sum()).backward()
@@ -290,8 +294,7 @@ def test_parameter_gradients_take_the_parameters_dtype():
     state = empty_state(2, 16, DEV)
     bf = [td.bfloat16(), tf.bfloat16()]
     _, _, grads = _grads(lambda *a: wkv(*a, backend="cuda"), bf + [k, v, state], gy, gs)
-    _, _, grads_ref = _grads(lambda *a: wkv_reference(*a),
-                             [t.double().cpu() for t in bf + [k, v, state]], gy, gs)
+    _, _, grads_ref = _grads(lambda *a: wkv_reference(*a), [t.double().cpu() for t in bf + [k, v, state]], gy, gs)
     for got, ref in zip(grads[:2], grads_ref[:2]):
         assert got.dtype == torch.bfloat16
         assert _rel(got, ref) < HALF_TOL[torch.bfloat16]

@@ -12,15 +12,15 @@ adds ``block_type: rwkv`` bodies:
 ``build_encoder`` returns ESPnet's own ``Encoder`` for every other body, so
 built-in configs build exactly as without the plugin.
 """
+
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from typeguard import typechecked
-
 from espnet2.asr_transducer.encoder.building import build_input_block
 from espnet2.asr_transducer.encoder.encoder import Encoder
 from espnet2.asr_transducer.utils import TooShortUttError, check_short_utt, make_source_mask
+from typeguard import typechecked
 
 from espnet_rwkv.asr.encoder_config import check_body, input_block_conf
 from espnet_rwkv.asr.receptive_field import receptive_field
@@ -41,9 +41,7 @@ def build_encoder(
     if BLOCK_TYPE not in types:
         return Encoder(input_size, body_conf, input_conf=input_conf, main_conf=main_conf)
     if set(types) != {BLOCK_TYPE}:
-        raise ValueError(
-            f"encoder_conf.body_conf: rwkv blocks cannot be mixed with other block types, got {types}"
-        )
+        raise ValueError(f"encoder_conf.body_conf: rwkv blocks cannot be mixed with other block types, got {types}")
     if main_conf:
         raise ValueError(
             "encoder_conf.main_conf does not apply to rwkv bodies (it configures attention "
@@ -64,9 +62,7 @@ class RWKVEncoder(Encoder):
         torch.nn.Module.__init__(self)
         hidden, linear, dropout, num_blocks = check_body(body_conf)
         self.embed = build_input_block(input_size, input_block_conf(input_conf, hidden))
-        self.blocks = torch.nn.ModuleList(
-            RWKVBlock(hidden, linear, i, num_blocks, dropout) for i in range(num_blocks)
-        )
+        self.blocks = torch.nn.ModuleList(RWKVBlock(hidden, linear, i, num_blocks, dropout) for i in range(num_blocks))
         self.after_norm = torch.nn.LayerNorm(hidden)
         self.input_size = input_size
         # Input frames that each subsampled frame reads; what streaming must wait for.
@@ -96,8 +92,7 @@ class RWKVEncoder(Encoder):
         short, limit = check_short_utt(self.embed.subsampling_factor, x.size(1))
         if short:
             raise TooShortUttError(
-                f"has {x.size(1)} frames and is too short for subsampling "
-                f"(it needs more than {limit} frames)",
+                f"has {x.size(1)} frames and is too short for subsampling (it needs more than {limit} frames)",
                 x.size(1),
                 limit,
             )
@@ -166,7 +161,7 @@ class RWKVEncoder(Encoder):
         if end > first:
             base = cache.feats_start // field.stride  # global index of the buffer's output 0
             out, _ = self.embed(feats)
-            out = out[:, first - base: end - base]
+            out = out[:, first - base : end - base]
             if out.size(1) != end - first:
                 raise RuntimeError(f"subsampling gave {out.size(1)} frames where {end - first} were due")
             out = out[0]
@@ -179,7 +174,7 @@ class RWKVEncoder(Encoder):
             return out
         # Keep the input frames from the stride-aligned start of output end's receptive field.
         start = max(0, (field.stride * end - field.pad) // field.stride * field.stride)
-        cache.feats = feats[:, start - cache.feats_start:]
+        cache.feats = feats[:, start - cache.feats_start :]
         cache.feats_start, cache.frames_in, cache.frames_out = start, frames_in, end
         return out
 

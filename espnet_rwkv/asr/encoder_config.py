@@ -41,7 +41,9 @@ def input_block_conf(input_conf: Dict[str, Any], hidden_size: int) -> Dict[str, 
     """ESPnet's ConvInput configuration for an input block feeding ``hidden_size``."""
     unknown = set(input_conf) - INPUT_OPTIONS
     if unknown:
-        raise ValueError(f"encoder_conf.input_conf: unknown option(s) {sorted(unknown)}; allowed: {sorted(INPUT_OPTIONS)}")
+        raise ValueError(
+            f"encoder_conf.input_conf: unknown option(s) {sorted(unknown)}; allowed: {sorted(INPUT_OPTIONS)}"
+        )
     vgg_like = input_conf.get("vgg_like", False)
     factor = input_conf.get("subsampling_factor", 4)
     allowed = (4, 6) if vgg_like else (2, 4, 6)

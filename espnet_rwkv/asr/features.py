@@ -9,10 +9,9 @@ keeps only the samples that later frames still need.
 """
 
 import torch
-from typeguard import typechecked
-
 from espnet2.asr.frontend.default import DefaultFrontend
 from espnet2.layers.global_mvn import GlobalMVN
+from typeguard import typechecked
 
 
 class ExactAudioProcessor:
@@ -77,12 +76,12 @@ class ExactAudioProcessor:
             feats = self._features(buf) if end > first else None
         if feats is None:
             feats = torch.zeros(1, 0, self.model.frontend.output_size(), device=self._device())
-        feats = feats[:, first - base: end - base]
+        feats = feats[:, first - base : end - base]
         if is_final:
             self.reset()
             return feats
         start = max(0, end - self.margin) * self.hop
-        self.samples = buf[start - self.samples_start:]
+        self.samples = buf[start - self.samples_start :]
         self.samples_start, self.frames_out = start, end
         return feats
 

@@ -42,8 +42,7 @@ def receptive_field(conv: torch.nn.Sequential) -> ReceptiveField:
         if not isinstance(layer, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
             raise TypeError(f"receptive_field: unsupported subsampling layer {layer}")
         kernel, step, padding, dilation = (
-            p if isinstance(p, int) else p[0]
-            for p in (layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+            p if isinstance(p, int) else p[0] for p in (layer.kernel_size, layer.stride, layer.padding, layer.dilation)
         )
         if dilation != 1:
             raise TypeError(f"receptive_field: dilated layer {layer}")

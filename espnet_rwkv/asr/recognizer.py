@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 import torch
+from espnet2.bin.asr_transducer_inference import Speech2Text
 from typeguard import typechecked
 
-from espnet2.bin.asr_transducer_inference import Speech2Text
 from espnet_rwkv.asr.beam_history import LabelHistory
 from espnet_rwkv.asr.encoder import RWKVEncoder
 from espnet_rwkv.asr.features import ExactAudioProcessor
@@ -142,7 +142,11 @@ class StreamingRecognizer:
         """Bytes of audio, feature frames and encoder state carried between windows (RWKV only)."""
         if not self.exact:
             raise ValueError("state_nbytes is only known for the exact (RWKV) path")
-        return self.pending.nbytes + self.features.state_nbytes + self.speech2text.asr_model.encoder.streaming_state_nbytes()
+        return (
+            self.pending.nbytes
+            + self.features.state_nbytes
+            + self.speech2text.asr_model.encoder.streaming_state_nbytes()
+        )
 
 
 def _check_samples(samples: torch.Tensor) -> None:

@@ -6,6 +6,7 @@ Both mixers read the previous frame ("token shift"); with the WKV state that
 is everything a block carries from one chunk to the next, a fixed
 (B, 5, C) per block whatever the audio length.
 """
+
 from typing import Optional, Tuple
 
 import torch
@@ -48,8 +49,8 @@ class TimeMix(nn.Module):
         self.time_decay = nn.Parameter(-5 + 8 * channel ** (0.7 + 1.3 * depth))
         zigzag = ((torch.arange(size) + 1) % 3 - 1).float() * 0.5
         self.time_first = nn.Parameter(torch.full((size,), torch.log(torch.tensor(0.3)).item()) + zigzag)
-        self.mix_k = nn.Parameter(ramp ** shallow)
-        self.mix_v = nn.Parameter(ramp ** shallow + 0.3 * depth)
+        self.mix_k = nn.Parameter(ramp**shallow)
+        self.mix_v = nn.Parameter(ramp**shallow + 0.3 * depth)
         self.mix_r = nn.Parameter(ramp ** (0.5 * shallow))
         self.key = nn.Linear(size, size, bias=False)
         self.value = nn.Linear(size, size, bias=False)
@@ -74,8 +75,8 @@ class ChannelMix(nn.Module):
         super().__init__()
         shallow = 1.0 - block_id / num_blocks
         ramp = _channel_ramp(size)
-        self.mix_k = nn.Parameter(ramp ** shallow)
-        self.mix_r = nn.Parameter(ramp ** shallow)
+        self.mix_k = nn.Parameter(ramp**shallow)
+        self.mix_r = nn.Parameter(ramp**shallow)
         self.key = nn.Linear(size, linear_size, bias=False)
         self.receptance = nn.Linear(size, size, bias=False)
         self.value = nn.Linear(linear_size, size, bias=False)
@@ -177,4 +178,3 @@ class StreamingBlock:
         if T not in self._wkv_masks:
             self._wkv_masks[T] = wkv_chunk_masks(self.decay, self.bonus, T)
         return self._wkv_masks[T]
-

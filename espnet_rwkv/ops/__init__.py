@@ -4,6 +4,7 @@ One folder per op (``wkv``, ``pruned_rnnt``, ``bat_ranges``), each with the same
 where it has the part: ``kernel.cu``, ``cuda.py``, ``torch_impl.py``, ``autograd.py``,
 ``chunk.py``, ``reference.py``. ``extension`` is the one loader of the kernels.
 """
+
 from espnet_rwkv.ops.bat_ranges import bat_ranges
 from espnet_rwkv.ops.pruned_rnnt import pruned_rnnt_loss
 from espnet_rwkv.ops.wkv import wkv

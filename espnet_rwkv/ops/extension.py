@@ -14,7 +14,7 @@ This module imports nothing but the standard library at import time: setup.py re
 import importlib
 import os
 import warnings
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 OPS_DIR = Path(__file__).resolve().parent
@@ -39,7 +39,7 @@ def source(op: str) -> Path:
     return path
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(op: str):
     """The compiled extension of ``op``: built at install time, else built JIT on first use; raises if it cannot be."""
     try:

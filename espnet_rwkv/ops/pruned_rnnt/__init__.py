@@ -5,6 +5,7 @@
 ``torch_impl.py`` (the same DP in PyTorch) and ``autograd.py`` (the two differentiable
 steps). The tests' reference is torchaudio's full ``rnnt_loss``.
 """
+
 import torch
 
 from espnet_rwkv.ops import extension
@@ -97,12 +98,18 @@ def _check_inputs(logits, targets, ranges, logit_lengths, target_lengths, blank,
     if not logits.is_floating_point():
         raise TypeError(f"pruned_rnnt_loss: logits must be floating point, got {logits.dtype}")
     if ranges.shape != (B, T, S) or ranges.dtype != torch.int64:
-        raise ValueError(f"pruned_rnnt_loss: ranges must be ({B}, {T}, {S}) int64, got {tuple(ranges.shape)} {ranges.dtype}")
+        raise ValueError(
+            f"pruned_rnnt_loss: ranges must be ({B}, {T}, {S}) int64, got {tuple(ranges.shape)} {ranges.dtype}"
+        )
     if targets.dim() != 2 or targets.size(0) != B or targets.is_floating_point():
-        raise ValueError(f"pruned_rnnt_loss: targets must be ({B}, U) integers, got {tuple(targets.shape)} {targets.dtype}")
+        raise ValueError(
+            f"pruned_rnnt_loss: targets must be ({B}, U) integers, got {tuple(targets.shape)} {targets.dtype}"
+        )
     for name, lengths in (("logit_lengths", logit_lengths), ("target_lengths", target_lengths)):
         if lengths.shape != (B,) or lengths.is_floating_point():
-            raise ValueError(f"pruned_rnnt_loss: {name} must be ({B},) integers, got {tuple(lengths.shape)} {lengths.dtype}")
+            raise ValueError(
+                f"pruned_rnnt_loss: {name} must be ({B},) integers, got {tuple(lengths.shape)} {lengths.dtype}"
+            )
     if len({logits.device, targets.device, ranges.device}) != 1:
         raise ValueError("pruned_rnnt_loss: logits, targets and ranges must be on one device")
     if not 0 <= blank < V:

@@ -1,6 +1,5 @@
 """The pruned lattice's forward-backward through the CUDA extension ``kernel.cu``
 (loaded by ``espnet_rwkv.ops.extension``)."""
-import torch
 
 from espnet_rwkv.ops import extension
 
@@ -18,6 +17,9 @@ def lattice_forward_backward_cuda(blank, emit, start, logit_lengths, target_leng
     if not blank.is_cuda:
         raise ValueError(f"pruned_rnnt: the CUDA backend needs CUDA tensors, got {blank.device}")
     return extension.load("pruned_rnnt").forward_backward(
-        blank.contiguous(), emit.contiguous(), start.contiguous(),
-        logit_lengths.contiguous(), target_lengths.contiguous(),
+        blank.contiguous(),
+        emit.contiguous(),
+        start.contiguous(),
+        logit_lengths.contiguous(),
+        target_lengths.contiguous(),
     )

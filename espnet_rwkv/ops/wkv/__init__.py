@@ -11,6 +11,7 @@ One folder, one op:
 - ``chunk.py``: the short-chunk streaming form (one stream, inference);
 - ``reference.py``: the float64 direct sums the tests compare every form against.
 """
+
 from typing import Optional, Tuple
 
 import torch
@@ -77,13 +78,9 @@ def wkv(
 
 def _check_inputs(time_decay, time_first, k, v, state):
     if k.dim() != 3 or k.shape != v.shape:
-        raise ValueError(
-            f"wkv: k and v must both be (B, T, C), got {tuple(k.shape)} and {tuple(v.shape)}"
-        )
+        raise ValueError(f"wkv: k and v must both be (B, T, C), got {tuple(k.shape)} and {tuple(v.shape)}")
     if k.dtype != v.dtype or k.dtype not in _IO_DTYPES:
-        raise TypeError(
-            f"wkv: k and v must share one of {_IO_DTYPES}, got {k.dtype} and {v.dtype}"
-        )
+        raise TypeError(f"wkv: k and v must share one of {_IO_DTYPES}, got {k.dtype} and {v.dtype}")
     B, _, C = k.shape
     for name, param in (("time_decay", time_decay), ("time_first", time_first)):
         if param.shape != (C,):
@@ -94,6 +91,4 @@ def _check_inputs(time_decay, time_first, k, v, state):
     if state is not None:
         want = torch.float64 if k.dtype == torch.float64 else torch.float32
         if state.shape != (B, 3, C) or state.dtype != want:
-            raise ValueError(
-                f"wkv: state must be ({B}, 3, {C}) {want}, got {tuple(state.shape)} {state.dtype}"
-            )
+            raise ValueError(f"wkv: state must be ({B}, 3, {C}) {want}, got {tuple(state.shape)} {state.dtype}")

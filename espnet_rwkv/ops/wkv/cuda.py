@@ -4,6 +4,7 @@ The extension checks its inputs, does the casts, -exp(time_decay) and the sum of
 parameter gradients over the batch itself, and holds the autograd node in C++: one
 C++ call per direction, and the backward never enters Python.
 """
+
 from espnet_rwkv.ops import extension
 
 _ext = None

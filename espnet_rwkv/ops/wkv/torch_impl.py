@@ -8,6 +8,7 @@ so |k| of any size stays finite (RWKV-4 numerics, docs/rwkv.md).
 
 Autograd differentiates through it, including the initial state.
 """
+
 import torch
 
 # Exponent that stands for "no mass yet" in the state's p. Finite, so that
