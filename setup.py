@@ -65,7 +65,7 @@ setup(
         "espnet==202611",
     ],
     extras_require={
-        "test": ["pytest", "soundfile"],
+        "test": ["pytest", "soundfile", "ruff", "clang-format"],
         # asr.sh needs these and pip's espnet does not pull them in: stage 3 imports kaldiio and
         # resampy; stage 14 packs exp/<asr>/images, which training writes with matplotlib.
         "recipe": ["kaldiio", "resampy", "matplotlib"],
