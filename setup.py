@@ -1,22 +1,25 @@
 """espnet_rwkv: RWKV encoder + BAT loss for ESPnet's transducer task.
 
-Kernel sources live in the top-level ``cuda_ext/`` folder and install as the
-package ``espnet_rwkv.cuda_ext`` (sources as package data, built JIT on first
-use, or ahead of time here when a CUDA toolkit is present).
+Each op's kernel is ``espnet_rwkv/ops/<op>/kernel.cu``, installed as package data
+(built JIT on first use), or built ahead of time here into ``espnet_rwkv.ops.<op>._C``
+when a CUDA toolkit is present. The version is ``__version__`` in espnet_rwkv/__init__.py.
 """
+
 import importlib.util
 import os
+import re
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 
 def _cuda_build():
-    """setup() arguments for the ahead-of-time CUDA build of cuda_ext/*.cu, or none.
+    """setup() arguments for the ahead-of-time CUDA build of espnet_rwkv/ops/*/kernel.cu, or none.
 
     Built only where a GPU is visible or ESPNET_RWKV_CUDA_BUILD=1 asks for it, so
     installs on CPU machines (CI) stay quick; ESPNET_RWKV_NO_CUDA_BUILD=1 always
     skips it. It needs torch at build time: ``pip install --no-build-isolation``.
-    Without it the kernels build JIT on first use (cuda_ext.load).
+    Without it the kernels build JIT on first use (espnet_rwkv.ops.extension.load).
     """
     if os.environ.get("ESPNET_RWKV_NO_CUDA_BUILD") == "1":
         return {}
@@ -25,31 +28,35 @@ def _cuda_build():
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
     except ImportError:  # isolated build environment: no torch there
         return {}
-    if CUDA_HOME is None or not (
-        torch.cuda.is_available() or os.environ.get("ESPNET_RWKV_CUDA_BUILD") == "1"
-    ):
+    if CUDA_HOME is None or not (torch.cuda.is_available() or os.environ.get("ESPNET_RWKV_CUDA_BUILD") == "1"):
         return {}
-    spec = importlib.util.spec_from_file_location("_cuda_ext_flags", "cuda_ext/__init__.py")
-    flags = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(flags)
+    # The loader's own flags and op list; it imports only the standard library at import time.
+    spec = importlib.util.spec_from_file_location("_extension", "espnet_rwkv/ops/extension.py")
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
     extensions = [
         CUDAExtension(
-            f"espnet_rwkv.cuda_ext._{name}",
-            [f"cuda_ext/{name}.cu"],
-            extra_compile_args={"cxx": ["-O3"], "nvcc": flags.NVCC_FLAGS},
+            f"espnet_rwkv.ops.{op}._C",
+            [f"espnet_rwkv/ops/{op}/kernel.cu"],
+            extra_compile_args={"cxx": ["-O3"], "nvcc": loader.NVCC_FLAGS},
         )
-        for name in ("wkv", "pruned_rnnt")
+        for op in loader.KERNEL_OPS
     ]
     return {"ext_modules": extensions, "cmdclass": {"build_ext": BuildExtension}}
 
 
+def _version():
+    text = Path(__file__).with_name("espnet_rwkv").joinpath("__init__.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"$', text, re.M).group(1)
+
+
 setup(
     name="espnet_rwkv",
-    version="0.1.0",
+    version=_version(),
     description="RWKV encoder and BAT loss for streaming transducer ASR in ESPnet",
-    packages=find_packages(include=["espnet_rwkv", "espnet_rwkv.*"]) + ["espnet_rwkv.cuda_ext"],
-    package_dir={"espnet_rwkv.cuda_ext": "cuda_ext"},
-    package_data={"espnet_rwkv.cuda_ext": ["*.cu", "*.cuh", "*.cpp"]},
+    license="Apache-2.0",
+    packages=find_packages(include=["espnet_rwkv", "espnet_rwkv.*"]),
+    package_data={"espnet_rwkv.ops": ["*/*.cu"]},
     python_requires=">=3.12,<3.13",
     **_cuda_build(),
     install_requires=[
@@ -58,7 +65,7 @@ setup(
         "espnet==202611",
     ],
     extras_require={
-        "test": ["pytest", "soundfile"],
+        "test": ["pytest", "soundfile", "ruff", "clang-format"],
         # asr.sh needs these and pip's espnet does not pull them in: stage 3 imports kaldiio and
         # resampy; stage 14 packs exp/<asr>/images, which training writes with matplotlib.
         "recipe": ["kaldiio", "resampy", "matplotlib"],

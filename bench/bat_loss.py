@@ -10,6 +10,7 @@ with noise), with our ``pruned_rnnt_loss``; fast_rnnt (k2's standalone pruned
 loss), when importable, over the same windows. One process, the same inputs
 for all; ratios > 1 favour BAT.
 """
+
 import argparse
 import statistics
 import time
@@ -66,7 +67,11 @@ def bat_step(am, lm, out, targets, t_len, u_len, ranges):
 def fast_rnnt_step(am, lm, out, targets, t_len, u_len, ranges):
     boundary = torch.stack([torch.zeros_like(u_len), torch.zeros_like(u_len), u_len, t_len], dim=1).long()
     loss = fast_rnnt.rnnt_loss_pruned(
-        window_logits(am, lm, out, ranges), targets.long(), ranges, termination_symbol=0, boundary=boundary,
+        window_logits(am, lm, out, ranges),
+        targets.long(),
+        ranges,
+        termination_symbol=0,
+        boundary=boundary,
         reduction="mean",
     )
     loss.backward()
@@ -116,9 +121,11 @@ def main():
     shapes = GPU_SHAPES if args.device == "cuda" else CPU_SHAPES
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"# joiner + loss fwd+bwd, {name}, torch {torch.__version__}, median of {args.reps}")
-    print(f"# fast_rnnt: {'%s' % fast_rnnt.__file__ if fast_rnnt else 'not importable'}")
-    print("| B, T, U, V, J | full ms | BAT ms | fast_rnnt ms | time full/BAT | time fast_rnnt/BAT "
-          "| full MB | BAT MB | fast_rnnt MB | memory full/BAT | loss full, BAT, fast_rnnt |")
+    print(f"# fast_rnnt: {str(fast_rnnt.__file__) if fast_rnnt else 'not importable'}")
+    print(
+        "| B, T, U, V, J | full ms | BAT ms | fast_rnnt ms | time full/BAT | time fast_rnnt/BAT "
+        "| full MB | BAT MB | fast_rnnt MB | memory full/BAT | loss full, BAT, fast_rnnt |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     steps = {"full": full_step, "bat": bat_step}
     if fast_rnnt is not None:
@@ -129,9 +136,12 @@ def main():
         for name, step in steps.items():
             loss[name] = f"{step(*inputs).item():.2f}"
             ms[name], mb[name] = measure(step, inputs, args.device, args.reps)
-        print(f"| {', '.join(map(str, shape))} | {ms['full']:.1f} | {ms['bat']:.1f} | {cell(ms, 'fast_rnnt', '{:.1f}')} "
-              f"| {ratio(ms, 'full')} | {ratio(ms, 'fast_rnnt')} | {cell(mb, 'full', '{:.0f}')} | {cell(mb, 'bat', '{:.0f}')} "
-              f"| {cell(mb, 'fast_rnnt', '{:.0f}')} | {ratio(mb, 'full')} | {loss['full']}, {loss['bat']}, {loss.get('fast_rnnt', '-')} |")
+        print(
+            f"| {', '.join(map(str, shape))} | {ms['full']:.1f} | {ms['bat']:.1f} "
+            f"| {cell(ms, 'fast_rnnt', '{:.1f}')} | {ratio(ms, 'full')} | {ratio(ms, 'fast_rnnt')} "
+            f"| {cell(mb, 'full', '{:.0f}')} | {cell(mb, 'bat', '{:.0f}')} | {cell(mb, 'fast_rnnt', '{:.0f}')} "
+            f"| {ratio(mb, 'full')} | {loss['full']}, {loss['bat']}, {loss.get('fast_rnnt', '-')} |"
+        )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ Prints one table; with ``--out DIR`` (default ``$OUT`` when set) also writes
 ``distributed.json``, ``distributed.txt`` and every run's ``train.log``
 (``distributed_logs.tar.gz``) there.
 """
+
 import argparse
 import json
 import os
@@ -63,7 +64,10 @@ SIZES = {
     "tiny": dict(utts=40, valid=4, seconds=(1.0, 2.0), batch=4, iters=8, warmup=3, eq_batch=5, eq_steps=3),
 }
 CONFIGS = {
-    "demo": {"rwkv_bat": DEMO_CONF / "train_rwkv_bat.yaml", "conformer_chunk": DEMO_CONF / "train_conformer_chunk.yaml"},
+    "demo": {
+        "rwkv_bat": DEMO_CONF / "train_rwkv_bat.yaml",
+        "conformer_chunk": DEMO_CONF / "train_conformer_chunk.yaml",
+    },
     "tiny": {"rwkv_bat": TEST_CONF / "tiny_rwkv_bat.yaml"},
 }
 # Relative differences allowed between 1 and 2 GPUs (float summation order only).
@@ -100,9 +104,14 @@ def write_corpus(root: Path, sizes, seed=0):
 def data_args(corpus: Path, stats: Path = None):
     args = ["--use_preprocessor", "true", "--token_type", "char", "--token_list", corpus / "tokens.txt"]
     for split in ("train", "valid"):
-        args += [f"--{split}_data_path_and_name_and_type", f"{corpus / split / 'wav.scp'},speech,sound",
-                 f"--{split}_data_path_and_name_and_type", f"{corpus / split / 'text'},text,text",
-                 f"--{split}_shape_file", stats / split / "speech_shape" if stats else corpus / split / "wav.scp"]
+        args += [
+            f"--{split}_data_path_and_name_and_type",
+            f"{corpus / split / 'wav.scp'},speech,sound",
+            f"--{split}_data_path_and_name_and_type",
+            f"{corpus / split / 'text'},text,text",
+            f"--{split}_shape_file",
+            stats / split / "speech_shape" if stats else corpus / split / "wav.scp",
+        ]
     return args
 
 
@@ -151,8 +160,12 @@ class MemoryPoll(threading.Thread):
     def run(self):
         while not self.done.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=10).stdout
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
             except (OSError, subprocess.TimeoutExpired):
                 return
             for line in out.splitlines():
@@ -174,8 +187,22 @@ class Run:
         exp.mkdir(parents=True)
         args = [str(a) for a in args] + ["--output_dir", str(exp)]
         if cpu and world > 1:
-            self.cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world),
-                        *TRAIN, *args, "--ngpu", "0", "--multiprocessing_distributed", "false", "--dist_backend", "gloo"]
+            self.cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                str(world),
+                *TRAIN,
+                *args,
+                "--ngpu",
+                "0",
+                "--multiprocessing_distributed",
+                "false",
+                "--dist_backend",
+                "gloo",
+            ]
         elif cpu:
             self.cmd = [sys.executable, *TRAIN, *args, "--ngpu", "0"]
         else:  # what espnet2.bin.launch runs for one node (asr.sh stage 11)
@@ -207,7 +234,9 @@ class Run:
 
     def batch_sizes(self):
         """(min, max) global mini-batch size of ESPnet's train sampler."""
-        m = re.search(r"\[train\] mini-batch sizes summary: N-batch=\d+, mean=[\d.]+, min=(\d+), max=(\d+)", self.log_text())
+        m = re.search(
+            r"\[train\] mini-batch sizes summary: N-batch=\d+, mean=[\d.]+, min=(\d+), max=(\d+)", self.log_text()
+        )
         return int(m.group(1)), int(m.group(2))
 
     def iterations(self):
@@ -245,9 +274,11 @@ def run_together(runs, poll: bool):
 
 def start_extension_builds():
     """Build (or find) each CUDA extension in a process of its own, before any training."""
-    code = "import sys; from espnet_rwkv.ops.cuda_loader import extension; extension(sys.argv[1])"
-    return time.monotonic(), {op: subprocess.Popen([sys.executable, "-c", code, op], stderr=subprocess.PIPE, text=True)
-                              for op in ("wkv", "pruned_rnnt")}
+    code = "import sys; from espnet_rwkv.ops import extension; extension.load(sys.argv[1])"
+    return time.monotonic(), {
+        op: subprocess.Popen([sys.executable, "-c", code, op], stderr=subprocess.PIPE, text=True)
+        for op in ("wkv", "pruned_rnnt")
+    }
 
 
 def wait_extension_builds(builds):
@@ -273,47 +304,80 @@ def summarize(name, thr1, thr2, eq1, eq2, sizes):
     t1 = throughput(thr1, sizes["batch"], sizes["warmup"])
     t2 = throughput(thr2, 2 * sizes["batch"], sizes["warmup"])
     s1, s2 = eq1.epoch_stats(), eq2.epoch_stats()
-    steps = [dict(step=i + 1, loss_1=a["loss"], loss_2=b["loss"], grad_norm_1=a["grad_norm"], grad_norm_2=b["grad_norm"],
-                  loss_rel=rel(a["loss"], b["loss"]), grad_norm_rel=rel(a["grad_norm"], b["grad_norm"]))
-             for i, (a, b) in enumerate(zip(s1, s2))]
-    equal = (steps[0]["loss_rel"] <= TOLERANCE["loss_step1"] and steps[0]["grad_norm_rel"] <= TOLERANCE["grad_norm_step1"]
-             and all(s["loss_rel"] <= TOLERANCE["loss_later"] for s in steps[1:]))
+    steps = [
+        dict(
+            step=i + 1,
+            loss_1=a["loss"],
+            loss_2=b["loss"],
+            grad_norm_1=a["grad_norm"],
+            grad_norm_2=b["grad_norm"],
+            loss_rel=rel(a["loss"], b["loss"]),
+            grad_norm_rel=rel(a["grad_norm"], b["grad_norm"]),
+        )
+        for i, (a, b) in enumerate(zip(s1, s2))
+    ]
+    equal = (
+        steps[0]["loss_rel"] <= TOLERANCE["loss_step1"]
+        and steps[0]["grad_norm_rel"] <= TOLERANCE["grad_norm_step1"]
+        and all(s["loss_rel"] <= TOLERANCE["loss_later"] for s in steps[1:])
+    )
     memory = {}
     for tag, run in (("1", thr1), ("2", thr2)):
-        memory[tag] = dict(rank0_max_reserved_gib=run.epoch_stats()[0].get("gpu_max_cached_mem_GB"),
-                           nvidia_smi_peak_mib=run.peak_mib)
+        memory[tag] = dict(
+            rank0_max_reserved_gib=run.epoch_stats()[0].get("gpu_max_cached_mem_GB"), nvidia_smi_peak_mib=run.peak_mib
+        )
     return dict(
-        config=name, world_sizes=[thr1.world_in_log(), thr2.world_in_log(), eq1.world_in_log(), eq2.world_in_log()],
+        config=name,
+        world_sizes=[thr1.world_in_log(), thr2.world_in_log(), eq1.world_in_log(), eq2.world_in_log()],
         batch_sizes={r.name: r.batch_sizes() for r in (thr1, thr2, eq1, eq2)},
-        throughput_1=t1, throughput_2=t2, speedup=t2["utt_per_s"] / t1["utt_per_s"],
-        efficiency=t2["utt_per_s"] / (2 * t1["utt_per_s"]), memory=memory,
+        throughput_1=t1,
+        throughput_2=t2,
+        speedup=t2["utt_per_s"] / t1["utt_per_s"],
+        efficiency=t2["utt_per_s"] / (2 * t1["utt_per_s"]),
+        memory=memory,
         equivalence=dict(global_batch=sizes["eq_batch"], steps=steps, equal=equal),
         wall_s={r.name: round(r.wall, 1) for r in (thr1, thr2, eq1, eq2)},
     )
 
 
 def table(results, meta):
-    lines = [f"{meta['device']}; torch {meta['torch']}; CUDA extensions built or found in "
-             f"{meta.get('extension_build_s', '-')} s", "",
-             "| config | GPUs | global batch | utt/s | s/step | speed-up | efficiency | peak MiB per GPU (nvidia-smi) "
-             "| rank 0 max reserved GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{meta['device']}; torch {meta['torch']}; CUDA extensions built or found in "
+        f"{meta.get('extension_build_s', '-')} s",
+        "",
+        "| config | GPUs | global batch | utt/s | s/step | speed-up | efficiency | peak MiB per GPU (nvidia-smi) "
+        "| rank 0 max reserved GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         for n in ("1", "2"):
             t, m = r[f"throughput_{n}"], r["memory"][n]
             peak = "/".join(str(v) for _, v in sorted((m["nvidia_smi_peak_mib"] or {}).items())) or "-"
             gib = m["rank0_max_reserved_gib"]
-            lines.append(f"| {r['config']} | {n} | {t['global_batch']} | {t['utt_per_s']:.1f} | {t['step_s']:.3f} | "
-                         + (f"{r['speedup']:.2f}x | {100 * r['efficiency']:.0f}% | " if n == "2" else "1.00x | - | ")
-                         + f"{peak} | {'-' if gib is None else f'{gib:.2f}'} |")
-    lines += ["", "| config | step | loss 1 GPU | loss 2 GPUs | rel diff | grad_norm 1 GPU | grad_norm 2 GPUs | rel diff |",
-              "|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {r['config']} | {n} | {t['global_batch']} | {t['utt_per_s']:.1f} | {t['step_s']:.3f} | "
+                + (f"{r['speedup']:.2f}x | {100 * r['efficiency']:.0f}% | " if n == "2" else "1.00x | - | ")
+                + f"{peak} | {'-' if gib is None else f'{gib:.2f}'} |"
+            )
+    lines += [
+        "",
+        "| config | step | loss 1 GPU | loss 2 GPUs | rel diff | grad_norm 1 GPU | grad_norm 2 GPUs | rel diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         for s in r["equivalence"]["steps"]:
-            lines.append(f"| {r['config']} | {s['step']} | {s['loss_1']:.6f} | {s['loss_2']:.6f} | {s['loss_rel']:.1e} | "
-                         f"{s['grad_norm_1']:.6f} | {s['grad_norm_2']:.6f} | {s['grad_norm_rel']:.1e} |")
-    lines += ["", "equivalence (global batch {}; tolerances {}): {}".format(
-        results[0]["equivalence"]["global_batch"], TOLERANCE,
-        ", ".join(f"{r['config']} {'equal' if r['equivalence']['equal'] else 'DIFFERENT'}" for r in results))]
+            lines.append(
+                f"| {r['config']} | {s['step']} | {s['loss_1']:.6f} | {s['loss_2']:.6f} | {s['loss_rel']:.1e} | "
+                f"{s['grad_norm_1']:.6f} | {s['grad_norm_2']:.6f} | {s['grad_norm_rel']:.1e} |"
+            )
+    lines += [
+        "",
+        "equivalence (global batch {}; tolerances {}): {}".format(
+            results[0]["equivalence"]["global_batch"],
+            TOLERANCE,
+            ", ".join(f"{r['config']} {'equal' if r['equivalence']['equal'] else 'DIFFERENT'}" for r in results),
+        ),
+    ]
     return "\n".join(lines)
 
 
@@ -321,8 +385,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cpu", action="store_true", help="2 processes by torchrun on the CPU (gloo), not 2 GPUs")
     parser.add_argument("--tiny", action="store_true", help="the tiny test config and corpus: a check, not a benchmark")
-    parser.add_argument("--configs", nargs="+", help="which configs (default: all of the scale's: "
-                        + "; ".join(f"{k}: {' '.join(v)}" for k, v in CONFIGS.items()) + ")")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        help="which configs (default: all of the scale's: "
+        + "; ".join(f"{k}: {' '.join(v)}" for k, v in CONFIGS.items())
+        + ")",
+    )
     parser.add_argument("--workdir", type=Path, help="corpus and experiments (default: a temporary folder, removed)")
     parser.add_argument("--out", type=Path, default=os.environ.get("OUT"), help="write distributed.{json,txt} here")
     args = parser.parse_args()
@@ -343,24 +412,64 @@ def main():
     # Stopped by a time limit (SIGTERM): still write the logs so far (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench/distributed.py: terminated"))
     # The GPUs' name from nvidia-smi: CUDA stays uninitialised here, no context of ours on GPU 0.
-    gpu = "" if args.cpu else subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                             capture_output=True, text=True).stdout.splitlines()[0]
+    gpu = (
+        ""
+        if args.cpu
+        else subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+        ).stdout.splitlines()[0]
+    )
     meta = dict(device="CPU" if args.cpu else f"2 x {gpu}", torch=torch.__version__, scale=scale)
     try:
         corpus, stats = workdir / "corpus", workdir / "stats"
         write_corpus(corpus, sizes)
         builds = None if args.cpu else start_extension_builds()
         # Stage 10: shapes and feature statistics, one process on the CPU (the frontend is the same for all configs).
-        collect = Run("collect_stats", stats, 1, [], True,
-                      ["--collect_stats", "true", "--config", next(iter(configs.values())), *data_args(corpus),
-                       "--batch_type", "unsorted", "--batch_size", 16, "--num_workers", 2])
+        collect = Run(
+            "collect_stats",
+            stats,
+            1,
+            [],
+            True,
+            [
+                "--collect_stats",
+                "true",
+                "--config",
+                next(iter(configs.values())),
+                *data_args(corpus),
+                "--batch_type",
+                "unsorted",
+                "--batch_size",
+                16,
+                "--num_workers",
+                2,
+            ],
+        )
         collect.start()
         collect.wait()
         if builds:
             meta["extension_build_s"] = wait_extension_builds(builds)
-        common = [*data_args(corpus, stats), "--normalize", "global_mvn", "--normalize_conf",
-                  f"stats_file={stats / 'train' / 'feats_stats.npz'}", "--batch_type", "sorted", "--resume", "true",
-                  "--log_interval", 1, "--seed", 0, "--use_matplotlib", "false", "--use_tensorboard", "false", "--keep_nbest_models", 1]
+        common = [
+            *data_args(corpus, stats),
+            "--normalize",
+            "global_mvn",
+            "--normalize_conf",
+            f"stats_file={stats / 'train' / 'feats_stats.npz'}",
+            "--batch_type",
+            "sorted",
+            "--resume",
+            "true",
+            "--log_interval",
+            1,
+            "--seed",
+            0,
+            "--use_matplotlib",
+            "false",
+            "--use_tensorboard",
+            "false",
+            "--keep_nbest_models",
+            1,
+        ]
         if args.cpu:
             common += ["--num_workers", 0]
         runs = {}
@@ -368,18 +477,41 @@ def main():
             det = comparable(config, workdir / f"{name}_comparable.yaml")
             exp = workdir / "exp" / name
             thr = ["--config", config, "--max_epoch", 1, "--num_iters_per_epoch", sizes["iters"], *common]
-            eq = ["--config", det, "--max_epoch", sizes["eq_steps"], "--num_iters_per_epoch", 1,
-                  "--batch_size", sizes["eq_batch"], *common]
+            eq = [
+                "--config",
+                det,
+                "--max_epoch",
+                sizes["eq_steps"],
+                "--num_iters_per_epoch",
+                1,
+                "--batch_size",
+                sizes["eq_batch"],
+                *common,
+            ]
             # The configs' 1-GPU runs go side by side, on GPUs 0 and 1.
             runs[name] = dict(
-                thr1=Run(f"{name}/throughput_1", exp / "throughput_1", 1, [i % 2], args.cpu, thr + ["--batch_size", sizes["batch"]]),
-                thr2=Run(f"{name}/throughput_2", exp / "throughput_2", 2, [0, 1], args.cpu, thr + ["--batch_size", 2 * sizes["batch"]]),
+                thr1=Run(
+                    f"{name}/throughput_1",
+                    exp / "throughput_1",
+                    1,
+                    [i % 2],
+                    args.cpu,
+                    thr + ["--batch_size", sizes["batch"]],
+                ),
+                thr2=Run(
+                    f"{name}/throughput_2",
+                    exp / "throughput_2",
+                    2,
+                    [0, 1],
+                    args.cpu,
+                    thr + ["--batch_size", 2 * sizes["batch"]],
+                ),
                 eq1=Run(f"{name}/equivalence_1", exp / "equivalence_1", 1, [i % 2], args.cpu, eq),
                 eq2=Run(f"{name}/equivalence_2", exp / "equivalence_2", 2, [0, 1], args.cpu, eq),
             )
         names = list(runs)
         for kind in ("thr", "eq"):
-            for pair in (names[i:i + 2] for i in range(0, len(names), 2)):
+            for pair in (names[i : i + 2] for i in range(0, len(names), 2)):
                 run_together([runs[n][f"{kind}1"] for n in pair], poll=not args.cpu)
             for n in names:
                 run_together([runs[n][f"{kind}2"]], poll=not args.cpu)

@@ -11,7 +11,7 @@ exactly: each sentence is synthesized word by word with espeak-ng in a voice
 unseen in training, and the words are joined with 60 ms pauses, so the end of
 word i is where its audio ends (trailing silence trimmed). Each model decodes
 it in windows of ``decoding_window`` ms through
-``espnet_rwkv.asr.streaming.StreamingRecognizer``: RWKV encoders on the exact
+``espnet_rwkv.asr.recognizer.StreamingRecognizer``: RWKV encoders on the exact
 path (the same tokens as full-utterance decoding), other encoders through
 ESPnet's ``Speech2Text.streaming_decode`` (as ``asr_transducer_inference
 --streaming true`` runs them). A word of the final hypothesis is emitted at
@@ -21,6 +21,7 @@ alignment), delay = emission time - true end. The last column: sentences
 whose streamed words equal the same model's full-utterance decoding. Compute
 time is not included (see bench/streaming.py for it).
 """
+
 import argparse
 import difflib
 import io
@@ -34,8 +35,8 @@ import torch
 import torchaudio
 import yaml
 
-import espnet_rwkv  # noqa: F401  (registers the RWKV encoder with ESPnet)
-from espnet_rwkv.asr.streaming import SAMPLE_RATE, StreamingRecognizer, load_speech2text
+import espnet_rwkv.espnet  # noqa: F401  (registers the RWKV encoder with ESPnet)
+from espnet_rwkv.asr.recognizer import SAMPLE_RATE, StreamingRecognizer, load_speech2text
 
 PAUSE_S = 0.06
 VOICE = "en-gb-x-rp+m7"  # a test voice of egs2/synth_en (never in training)
@@ -48,13 +49,15 @@ def synthesize_words(words, voice):
     pause = np.zeros(int(PAUSE_S * SAMPLE_RATE), dtype=np.float32)
     for word in words:
         # lower case, as egs2/synth_en's synthesize.py reads sentences (upper case can be spelled out)
-        wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", word.lower()], check=True, capture_output=True).stdout
+        wav = subprocess.run(
+            ["espeak-ng", "-v", voice, "--stdout", word.lower()], check=True, capture_output=True
+        ).stdout
         audio, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
         audio = torchaudio.functional.resample(torch.from_numpy(audio), rate, SAMPLE_RATE).numpy()
         loud = np.flatnonzero(np.abs(audio) > 10 ** (SILENCE_DB / 20) * np.abs(audio).max())
         if loud.size == 0:
             raise RuntimeError(f"espeak-ng produced silence for {word!r}")
-        audio = audio[loud[0]: loud[-1] + 1]
+        audio = audio[loud[0] : loud[-1] + 1]
         pieces += [pause, audio]
         t += PAUSE_S + audio.size / SAMPLE_RATE
         ends.append(t)
@@ -90,18 +93,26 @@ def main(argv=None):
     parser.add_argument("--text", required=True, help="Kaldi text file of test sentences")
     parser.add_argument("--windows", type=int, nargs="+", default=[160, 320, 640])
     parser.add_argument("--num", type=int, default=40, help="sentences to use")
-    parser.add_argument("--decode_conf", default="egs2/synth_en/asr1/conf/decode_streaming_320ms.yaml",
-                        help="beam search options (decoding_window is replaced)")
+    parser.add_argument(
+        "--decode_conf",
+        default="egs2/synth_en/asr1/conf/decode_streaming_320ms.yaml",
+        help="beam search options (decoding_window is replaced)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
     # words as the text file writes them: the recipe's token case
     sentences = [line.split(maxsplit=1)[1].split() for line in Path(args.text).read_text().splitlines()]
     tests = [synthesize_words(words, VOICE) + (words,) for words in sentences[: args.num]]
-    print(f"# {len(tests)} sentences, {sum(len(t[2]) for t in tests)} words, voice {VOICE}, "
-          f"{sum(len(t[0]) for t in tests) / SAMPLE_RATE:.0f} s of audio", file=sys.stderr)
-    print("| system | window ms | words matched / reference | word errors % (difflib) | mean delay ms | p50 ms "
-          "| p90 ms | sentences as decoded in full % |")
+    print(
+        f"# {len(tests)} sentences, {sum(len(t[2]) for t in tests)} words, voice {VOICE}, "
+        f"{sum(len(t[0]) for t in tests) / SAMPLE_RATE:.0f} s of audio",
+        file=sys.stderr,
+    )
+    print(
+        "| system | window ms | words matched / reference | word errors % (difflib) | mean delay ms | p50 ms "
+        "| p90 ms | sentences as decoded in full % |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, model in (m.split("=", 1) for m in args.model):
         for window in args.windows:
@@ -119,8 +130,11 @@ def main(argv=None):
                 n_ref += len(ref)
             matched = len(delays)
             d = np.array(delays) * 1000 if delays else np.array([np.nan])
-            print(f"| {name} | {window} | {matched} / {n_ref} | {100 * errors / n_ref:.1f} | {d.mean():.0f} "
-                  f"| {np.percentile(d, 50):.0f} | {np.percentile(d, 90):.0f} | {100 * same / len(tests):.0f} |", flush=True)
+            print(
+                f"| {name} | {window} | {matched} / {n_ref} | {100 * errors / n_ref:.1f} | {d.mean():.0f} "
+                f"| {np.percentile(d, 50):.0f} | {np.percentile(d, 90):.0f} | {100 * same / len(tests):.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

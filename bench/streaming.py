@@ -16,6 +16,7 @@ after a 10 s warm-up stream of each model); state is what the encoder carries
 between chunks. Random-weight models get a blank bias (``random_model``). One
 table: our figure, the peer's figure measured in this process, their ratio.
 """
+
 import argparse
 import io
 import statistics
@@ -28,11 +29,11 @@ import soundfile
 import torch
 import torchaudio
 import yaml
-
-import espnet_rwkv  # noqa: F401  (registers the RWKV encoder with ESPnet)
 from espnet2.bin.asr_transducer_inference import Speech2Text
 from espnet2.tasks.asr_transducer import ASRTransducerTask
-from espnet_rwkv.asr.streaming import SAMPLE_RATE, StreamingRecognizer, load_speech2text
+
+import espnet_rwkv.espnet  # noqa: F401  (registers the RWKV encoder with ESPnet)
+from espnet_rwkv.asr.recognizer import SAMPLE_RATE, StreamingRecognizer, load_speech2text
 
 RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "synth_en" / "asr1"
 CONFIGS = {
@@ -70,7 +71,9 @@ def random_model(name: str, window_ms: int, beam_size: int, blank_bias: float, w
     args.normalize = None
     (out / "config.yaml").write_text(yaml.safe_dump(vars(args)))
     torch.manual_seed(0)
-    s2t = Speech2Text(asr_train_config=out / "config.yaml", streaming=True, decoding_window=window_ms, beam_size=beam_size)
+    s2t = Speech2Text(
+        asr_train_config=out / "config.yaml", streaming=True, decoding_window=window_ms, beam_size=beam_size
+    )
     with torch.no_grad():
         s2t.asr_model.joint_network.lin_out.bias[0] += blank_bias
     return s2t
@@ -129,7 +132,7 @@ def stream_once(recognizer: StreamingRecognizer, probe: Probe, audio: torch.Tens
     rows, state = [], 0
     for start in range(0, audio.numel(), recognizer.window):
         probe.seconds = 0.0
-        for partial in recognizer.accept(audio[start: start + recognizer.window]):
+        for partial in recognizer.accept(audio[start : start + recognizer.window]):
             rows.append((partial.compute_s, probe.seconds, partial.end_s))
             state = max(state, encoder_state_nbytes(recognizer.speech2text.asr_model.encoder))
     return rows, recognizer.finish(), state
@@ -184,8 +187,12 @@ def main():
     parser.add_argument("--after_s", type=float, default=120.0)
     parser.add_argument("--beam_size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="streams per model; per-window minimum taken")
-    parser.add_argument("--blank_bias", type=float, default=4.0,
-                        help="added to the blank output of random-weight models (see random_model)")
+    parser.add_argument(
+        "--blank_bias",
+        type=float,
+        default=4.0,
+        help="added to the blank output of random-weight models (see random_model)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     trained = dict(m.split("=", 1) for m in args.model)
@@ -210,8 +217,10 @@ def main():
         for n in CONFIGS
     )
     print(f"# {args.window_ms} ms windows, beam {args.beam_size}, one thread, torch {torch.__version__}; {weights}")
-    print(f"# {audio.numel() / SAMPLE_RATE:.1f} s of espeak-ng speech, {args.repeats} streams per model, per-window "
-          f"minimum; 'after' = median over {args.after_s:.0f}-{args.after_s + 10:.0f} s, 'start' = over 0-10 s")
+    print(
+        f"# {audio.numel() / SAMPLE_RATE:.1f} s of espeak-ng speech, {args.repeats} streams per model, per-window "
+        f"minimum; 'after' = median over {args.after_s:.0f}-{args.after_s + 10:.0f} s, 'start' = over 0-10 s"
+    )
     rows = [
         ("model parameters (M)", "model_params", 1e-6, "{:.2f}"),
         ("encoder parameters (M)", "params", 1e-6, "{:.2f}"),
@@ -229,15 +238,23 @@ def main():
     print("|---|---|---|---|")
     for label, key, scale, fmt in rows:
         a, b = ours[key] * scale, peer[key] * scale
-        print(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {a / b:.2f} |" if b else f"| {label} | {fmt.format(a)} | {fmt.format(b)} | - |")
+        print(
+            f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {a / b:.2f} |"
+            if b
+            else f"| {label} | {fmt.format(a)} | {fmt.format(b)} | - |"
+        )
     drift = ours["chunk_after"] / ours["chunk_start"]
     print()
     for name, label in (("rwkv", "RWKV"), ("conformer", "conformer")):
         r = results[name]
-        print(f"{label}: {r['frames']} encoder frames streamed, {r['full_frames']} in full-utterance decoding "
-              f"({100 * (r['frames'] / r['full_frames'] - 1):+.1f}%)")
-    print(f"RWKV per-chunk time after {args.after_s:.0f} s / at start: {drift:.3f} (target <= 1.10: "
-          f"{'met' if drift <= 1.10 else 'MISSED'})")
+        print(
+            f"{label}: {r['frames']} encoder frames streamed, {r['full_frames']} in full-utterance decoding "
+            f"({100 * (r['frames'] / r['full_frames'] - 1):+.1f}%)"
+        )
+    print(
+        f"RWKV per-chunk time after {args.after_s:.0f} s / at start: {drift:.3f} (target <= 1.10: "
+        f"{'met' if drift <= 1.10 else 'MISSED'})"
+    )
     print(f"RWKV real-time factor: {ours['rtf']:.3f} (target <= 0.1: {'met' if ours['rtf'] <= 0.1 else 'MISSED'})")
     faster = ours["chunk_start"] < peer["chunk_start"] and ours["chunk_after"] < peer["chunk_after"]
     print(f"RWKV per-chunk time below the conformer's at {args.window_ms} ms: {'met' if faster else 'MISSED'}")

@@ -1,9 +1,9 @@
 """WKV benchmark on one GPU: ours vs ESPnet's CUDA kernel vs fla's fused_recurrent_rwkv4.
 
-    PYTHONPATH=. python bench/wkv.py --espnet-src .peers/espnet_wkv [--profile]
+    PYTHONPATH=. python bench/wkv.py --espnet-src <folder> [--profile]
 
---espnet-src: a folder holding ESPnet's wkv_op.cpp and wkv_cuda.cu (from
-espnet2/asr_transducer/decoder/modules/rwkv/cuda/), built here with Tmax set to
+--espnet-src: a folder holding ESPnet's wkv_op.cpp and wkv_cuda.cu (copied from an ESPnet
+checkout's espnet2/asr_transducer/decoder/modules/rwkv/cuda/), built here with Tmax set to
 the longest T, and run as ESPnet runs them (through a Python autograd.Function like
 espnet2's WKVLinearAttention, and y.backward). fla is imported if installed. Prints one
 table of median times (ms) of the whole Python call (CUDA events around it, the GPU idle
@@ -14,6 +14,7 @@ kernel launch timed in turn with it, on the host and on the GPU (CUDA graph repl
 --profile first prints the GPU time of each of our kernels (torch profiler) for
 bf16 fwd+bwd at B16 T1024 C512.
 """
+
 import argparse
 import time
 
@@ -57,6 +58,7 @@ def make(B, T, C, dtype, grad):
         v = torch.randn(B, T, C, device="cuda", dtype=dtype, requires_grad=grad)
         gy = torch.randn(B, T, C, device="cuda", dtype=dtype)
         return td, tf, k, v, gy
+
     return inputs
 
 
@@ -81,6 +83,7 @@ def espnet_fn(ext):
     """ESPnet's kernels as ESPnet runs them: through a Python autograd.Function doing what
     espnet2's ``WKVLinearAttention`` does (w = -exp(time_decay), contiguous inputs, output and
     gradients allocated by torch, per-batch parameter gradients summed), and y.backward(gy)."""
+
     class ESPnetWKV(torch.autograd.Function):
         @staticmethod
         def forward(ctx, td, tf, k, v):
@@ -105,6 +108,7 @@ def espnet_fn(ext):
         y = ESPnetWKV.apply(td, tf, k, v)
         if k.requires_grad:
             y.backward(gy)
+
     return run
 
 
@@ -114,8 +118,16 @@ def load_espnet(src, tmax):
     return load(
         name=f"espnet_wkv_{tmax}",
         sources=[f"{src}/wkv_op.cpp", f"{src}/wkv_cuda.cu"],
-        extra_cuda_cflags=["-t 4", "-std=c++17", "--maxrregcount 60", "--use_fast_math", "-O3",
-                           "-Xptxas -O3", "--extra-device-vectorization", f"-DTmax={tmax}"],
+        extra_cuda_cflags=[
+            "-t 4",
+            "-std=c++17",
+            "--maxrregcount 60",
+            "--use_fast_math",
+            "-O3",
+            "-Xptxas -O3",
+            "--extra-device-vectorization",
+            f"-DTmax={tmax}",
+        ],
         verbose=False,
     )
 
@@ -164,7 +176,8 @@ def graph_gpu_us(fn, n=200):
 def kernel_ms(fn, make_inputs, reps=10):
     """Median over calls of the summed GPU time of every kernel fn(*inputs) launches (torch
     profiler): the GPU's work without the host's launch and autograd time."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     fn(*make_inputs())
     per_call = []
@@ -180,7 +193,8 @@ def kernel_ms(fn, make_inputs, reps=10):
 
 def profile(B=16, T=1024, C=512, dtype=torch.bfloat16, reps=20):
     """Mean GPU time per call of each kernel in our fwd+bwd, from the torch profiler."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     inputs = [make(B, T, C, dtype, True)() for _ in range(reps)]
     ours(*inputs[0])
@@ -212,15 +226,18 @@ def main():
     espnet = load_espnet(args.espnet_src, max(T for _, T, _ in SHAPES)) if args.espnet_src else None
     try:
         import fla.ops.rwkv4  # noqa: F401
+
         has_fla = True
     except ImportError:
         has_fla = False
     espnet_run = espnet_fn(espnet) if espnet is not None else None
     wkv(*make(1, 4, 32, torch.float32, False)()[:4], backend="cuda")  # build/load our extension
 
-    print("| B | T | C | dtype | ours fwd | ours fwd+bwd | ESPnet fwd+bwd | fla fwd+bwd | ESPnet/ours | fla/ours "
-          "| ours kernels | ESPnet kernels | fla kernels | ESPnet/ours kernels | fla/ours kernels | floor "
-          "| floor/ours kernels | floor/ours |")
+    print(
+        "| B | T | C | dtype | ours fwd | ours fwd+bwd | ESPnet fwd+bwd | fla fwd+bwd | ESPnet/ours | fla/ours "
+        "| ours kernels | ESPnet kernels | fla kernels | ESPnet/ours kernels | fla/ours kernels | floor "
+        "| floor/ours kernels | floor/ours |"
+    )
     print("|" + "---|" * 18)
     for B, T, C in SHAPES:
         for dtype in (torch.float32, torch.bfloat16):
@@ -242,15 +259,20 @@ def main():
 
             def r(x, ref):
                 return "-" if x is None else f"{x / ref:.2f}"
-            print(f"| {B} | {T} | {C} | {str(dtype)[6:]} | {fwd:.3f} | {both:.3f} | {f(esp)} | {f(fl)} "
-                  f"| {r(esp, both)} | {r(fl, both)} | {both_k:.3f} | {f(esp_k)} | {f(fl_k)} | {r(esp_k, both_k)} "
-                  f"| {r(fl_k, both_k)} | {floor:.3f} | {floor / both_k:.0%} | {floor / both:.0%} |")
+
+            print(
+                f"| {B} | {T} | {C} | {str(dtype)[6:]} | {fwd:.3f} | {both:.3f} | {f(esp)} | {f(fl)} "
+                f"| {r(esp, both)} | {r(fl, both)} | {both_k:.3f} | {f(esp_k)} | {f(fl_k)} | {r(esp_k, both_k)} "
+                f"| {r(fl_k, both_k)} | {floor:.3f} | {floor / both_k:.0%} | {floor / both:.0%} |"
+            )
 
     print()
-    print("Streaming step, fp32, one chunk with carried state, no grad, against an empty kernel launch "
-          "(torch.cuda._sleep(0)) timed in turn with it, first in the process. Host: us per call, 5 rounds of "
-          "400 calls back to back each; GPU: us per call replayed from a CUDA graph of 200 calls, 3 rounds; "
-          "medians")
+    print(
+        "Streaming step, fp32, one chunk with carried state, no grad, against an empty kernel launch "
+        "(torch.cuda._sleep(0)) timed in turn with it, first in the process. Host: us per call, 5 rounds of "
+        "400 calls back to back each; GPU: us per call replayed from a CUDA graph of 200 calls, 3 rounds; "
+        "medians"
+    )
     print("| B | T | C | wkv() host | empty host | wkv() / empty | kernel GPU | empty GPU | kernel / empty |")
     print("|---|---|---|---|---|---|---|---|---|")
     for B, T, C, h, he, g, ge in streaming:
@@ -267,7 +289,7 @@ def streaming_step():
             td, tf, k, v, _ = make(B, T, C, torch.float32, False)()
             state = empty_state(B, C, "cuda")
             with torch.no_grad():
-                step = lambda: wkv(td, tf, k, v, state)  # noqa: E731
+                step = lambda: wkv(td, tf, k, v, state)  # noqa: E731, B023 (used within this iteration)
                 h, he = in_turn(host_us, step, empty, rounds=5)
                 g, ge = in_turn(graph_gpu_us, step, empty, rounds=3)
             rows.append((B, T, C, h, he, g, ge))

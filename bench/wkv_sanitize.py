@@ -5,6 +5,7 @@
 fp32 and bf16, forward and backward, with and without a state, C = 37 (plain loads into
 shared memory) and C = 64 (16-byte copies), plus a no-grad streaming call.
 """
+
 import torch
 
 from espnet_rwkv.ops import wkv

@@ -15,13 +15,14 @@ destroyed when the target ends: gloo's worker threads still alive at interpreter
 teardown can abort the process after training finished (SIGABRT, "terminate called
 without an active exception"; seen once in CI, pytorch/pytorch#179291).
 """
+
 import importlib.util
 import runpy
 import sys
 
 import torch.distributed as dist
 
-import espnet_rwkv  # noqa: F401  (registers the plugin in ESPnet)
+import espnet_rwkv.espnet  # noqa: F401  (registers the plugin in ESPnet, here and in spawned workers)
 
 USAGE = "usage: python -m espnet_rwkv.launch (-m module | -c code | script.py) [args ...]"
 

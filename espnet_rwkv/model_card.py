@@ -9,7 +9,7 @@ ESPnet's zip says. After packing, this module
   ``meta.yaml``, next to the ``espnet`` and ``torch`` versions that ESPnet
   records there (keys that ESPnet's unpacking ignores);
 - adds a ``README.md`` model card to the zip: what the model needs, with
-  versions, how to load it (``import espnet_rwkv`` first), the model, its
+  versions, how to load it (``import espnet_rwkv.espnet`` first), the model, its
   results and its training config;
 - unpacks the zip into ``<asr_exp>/hf_upload``: the folder that asr.sh's
   Hugging Face stage would push (the zip's files, the card as its README.md),
@@ -20,6 +20,7 @@ ESPnet's zip says. After packing, this module
 
 Running it again on the same zip replaces what it added before.
 """
+
 import argparse
 import importlib.metadata
 import os
@@ -33,7 +34,7 @@ import torch
 import yaml
 from espnet2.tasks.asr_transducer import ASRTransducerTask
 
-import espnet_rwkv
+import espnet_rwkv.espnet  # noqa: F401  (registers the plugin: the card counts the model's parameters)
 
 CARD_NAME = "README.md"
 
@@ -60,7 +61,9 @@ def needs_plugin(config: Dict) -> bool:
 def describe_model(config: Dict, num_params: int) -> List[str]:
     """Markdown bullet lines: encoder blocks, prediction and joint networks, loss, tokens, size."""
     encoder = config.get("encoder_conf", {})
-    blocks = [f"{b.get('num_blocks', 1)} × {b['block_type']} ({b.get('hidden_size')})" for b in encoder.get("body_conf", [])]
+    blocks = [
+        f"{b.get('num_blocks', 1)} × {b['block_type']} ({b.get('hidden_size')})" for b in encoder.get("body_conf", [])
+    ]
     subsampling = encoder.get("input_conf", {}).get("subsampling_factor", 4)
     model_conf = config.get("model_conf", {})
     loss = model_conf.get("transducer_loss", "rnnt")
@@ -113,7 +116,7 @@ def card(name: str, corpus: str, lang: str, config: Dict, meta: Dict, num_params
         "## Use",
         "",
         "```python",
-        "import espnet_rwkv  # first: registers the RWKV encoder and the transducer losses in ESPnet",
+        "import espnet_rwkv.espnet  # first: registers the RWKV encoder and the transducer losses in ESPnet",
         "from espnet2.bin.asr_transducer_inference import Speech2Text",
         "",
         'speech2text = Speech2Text.from_pretrained(model_tag="<this repository, or the packed .zip>")',
@@ -123,7 +126,7 @@ def card(name: str, corpus: str, lang: str, config: Dict, meta: Dict, num_params
         "",
         "ESPnet's command-line tools load it through the plugin's launcher, e.g. "
         "`python -m espnet_rwkv.launch -m espnet2.bin.asr_transducer_inference ...`; "
-        "in a recipe, `asr.sh --asr_task asr_transducer --python \"python3 -m espnet_rwkv.launch\"`.",
+        'in a recipe, `asr.sh --asr_task asr_transducer --python "python3 -m espnet_rwkv.launch"`.',
         "",
         "## Results",
         "",

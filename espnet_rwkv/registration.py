@@ -1,4 +1,4 @@
-"""Everything espnet_rwkv changes in ESPnet, in one place.
+"""Everything espnet_rwkv changes in ESPnet, in one place (docs/espnet.md).
 
 ESPnet 202611 has no plugin registry: ``ASRTransducerTask.build_model`` calls
 the names ``Encoder`` and ``ESPnetASRTransducerModel`` of its own module. We
@@ -12,15 +12,37 @@ rebind those two names, nothing else, and edit no installed file:
 
 Every ESPnet entry point that builds a transducer model (training, collect
 stats, inference, packing, ``Speech2Text.from_pretrained``) goes through
-``build_model``, so it sees both once this module has run.
+``build_model``, so it sees both once ``register()`` has run. Called through
+``espnet_rwkv.register()``; importing this module changes nothing yet.
 """
-import espnet2.tasks.asr_transducer as transducer_task
 
-from espnet_rwkv.asr.encoder import build_encoder
-from espnet_rwkv.asr.model import TransducerModel
+import importlib.metadata
+
+from espnet_rwkv import SUPPORTED_ESPNET, __version__
+
+
+def check_espnet_version() -> None:
+    """Raise ImportError unless the installed ESPnet is release ``SUPPORTED_ESPNET``."""
+    try:
+        version = importlib.metadata.version("espnet")
+    except importlib.metadata.PackageNotFoundError:
+        raise ImportError(
+            f"espnet_rwkv {__version__} needs espnet {SUPPORTED_ESPNET}: pip install 'espnet=={SUPPORTED_ESPNET}'"
+        ) from None
+    if version.split(".")[0] != SUPPORTED_ESPNET:
+        raise ImportError(
+            f"espnet_rwkv {__version__} supports espnet {SUPPORTED_ESPNET}, but espnet {version} "
+            f"is installed; install it with: pip install 'espnet=={SUPPORTED_ESPNET}'"
+        )
 
 
 def register() -> None:
     """Rebind ESPnet's transducer task to the plugin's builders (idempotent)."""
+    check_espnet_version()
+    import espnet2.tasks.asr_transducer as transducer_task
+
+    from espnet_rwkv.asr.encoder import build_encoder
+    from espnet_rwkv.asr.model import TransducerModel
+
     transducer_task.Encoder = build_encoder
     transducer_task.ESPnetASRTransducerModel = TransducerModel

@@ -12,6 +12,7 @@ utterance would be; others through ESPnet's streaming path); the best
 hypothesis is printed whenever it changes, then the final one, then the
 compute time per chunk and the real-time factor (on stderr).
 """
+
 import argparse
 import sys
 import time
@@ -21,10 +22,10 @@ from typing import Iterator, List, Tuple
 import numpy as np
 import soundfile
 import torch
-
-import espnet_rwkv  # noqa: F401  (registers the RWKV encoder with ESPnet)
 from espnet2.asr_transducer.utils import TooShortUttError
-from espnet_rwkv.asr.streaming import SAMPLE_RATE, StreamingRecognizer, load_speech2text
+
+import espnet_rwkv.espnet  # noqa: F401  (registers the RWKV encoder with ESPnet)
+from espnet_rwkv.asr.recognizer import SAMPLE_RATE, StreamingRecognizer, load_speech2text
 
 
 class AudioError(ValueError):
@@ -87,8 +88,12 @@ def get_parser() -> argparse.ArgumentParser:
         prog="python -m espnet_rwkv.stream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", required=True, help="packed model (.zip) or exp dir with config.yaml")
-    parser.add_argument("--model_file", help="checkpoint in an exp dir (default valid.loss.ave.pth, then valid.loss.best.pth)")
-    parser.add_argument("--chunk_ms", type=int, default=320, help="audio per decoding step, ms (ESPnet's decoding_window)")
+    parser.add_argument(
+        "--model_file", help="checkpoint in an exp dir (default valid.loss.ave.pth, then valid.loss.best.pth)"
+    )
+    parser.add_argument(
+        "--chunk_ms", type=int, default=320, help="audio per decoding step, ms (ESPnet's decoding_window)"
+    )
     parser.add_argument("--beam_size", type=int, default=4)
     parser.add_argument("--left_context", type=int, default=32, help="attention left context (chunk conformer only)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -103,8 +108,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     try:
         speech2text = load_speech2text(
-            args.model, args.chunk_ms, model_file=args.model_file, beam_size=args.beam_size,
-            left_context=args.left_context, device="cpu",
+            args.model,
+            args.chunk_ms,
+            model_file=args.model_file,
+            beam_size=args.beam_size,
+            left_context=args.left_context,
+            device="cpu",
         )
     except (OSError, ValueError) as e:
         print(f"espnet_rwkv.stream: error: cannot load model {args.model}: {e}", file=sys.stderr)

@@ -3,6 +3,7 @@
 For tests of what follows training (decoding configs, packing, the model card):
 the model is built from a test config and keeps its random initial weights.
 """
+
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,14 @@ import torch
 from espnet2.tasks.asr_transducer import ASRTransducerTask
 from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
 
-import espnet_rwkv  # noqa: F401  (registers the plugin)
+import espnet_rwkv.espnet  # noqa: F401  (registers the plugin)
 
 CONF = Path(__file__).parent / "conf"
 TOKENS = ["<blank>", "<unk>", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ'", "<space>", "<sos/eos>"]
 MODEL_FILE = "valid.loss.ave.pth"
-RESULTS = "# RESULTS\n## asr_tiny\n|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|\n|---|---|---|---|---|---|---|---|---|\n"
+RESULTS = (
+    "# RESULTS\n## asr_tiny\n|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|\n|---|---|---|---|---|---|---|---|---|\n"
+)
 
 
 def make_exp(root: Path, config: str, name: str = "asr_tiny") -> Path:
@@ -26,7 +29,16 @@ def make_exp(root: Path, config: str, name: str = "asr_tiny") -> Path:
     token_list = root / "tokens.txt"
     token_list.write_text("\n".join(TOKENS) + "\n")
     args = ASRTransducerTask.get_parser().parse_args(
-        ["--config", str(CONF / config), "--token_list", str(token_list), "--token_type", "char", "--output_dir", str(exp)]
+        [
+            "--config",
+            str(CONF / config),
+            "--token_list",
+            str(token_list),
+            "--token_type",
+            "char",
+            "--output_dir",
+            str(exp),
+        ]
     )
     torch.manual_seed(0)
     model = ASRTransducerTask.build_model(args)
@@ -42,8 +54,22 @@ def pack(root: Path, exp: Path) -> Path:
     exp = exp.relative_to(root)
     packed = exp / f"{exp.name}_{Path(MODEL_FILE).stem}.zip"
     subprocess.run(
-        [sys.executable, "-m", "espnet2.bin.pack", "asr", "--asr_train_config", exp / "config.yaml",
-         "--asr_model_file", exp / MODEL_FILE, "--option", exp / "RESULTS.md", "--outpath", packed],
-        cwd=root, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "espnet2.bin.pack",
+            "asr",
+            "--asr_train_config",
+            exp / "config.yaml",
+            "--asr_model_file",
+            exp / MODEL_FILE,
+            "--option",
+            exp / "RESULTS.md",
+            "--outpath",
+            packed,
+        ],
+        cwd=root,
+        check=True,
+        capture_output=True,
     )
     return root / packed

@@ -1,4 +1,5 @@
 """BAT: CIF windows, the CIF predictor and the pruned joiner + loss."""
+
 import pytest
 import torch
 import torchaudio

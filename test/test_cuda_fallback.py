@@ -1,9 +1,10 @@
 """A CUDA extension that cannot be built: backend "auto" warns once and uses PyTorch."""
+
 import warnings
 
 import pytest
 
-from espnet_rwkv.ops import cuda_loader
+from espnet_rwkv.ops import extension
 
 
 @pytest.mark.parametrize("op", ["wkv", "pruned_rnnt"])
@@ -11,10 +12,10 @@ def test_failed_build_warns_once(op, monkeypatch):
     def broken(name):
         raise RuntimeError(f"nvcc exploded on {name}")
 
-    monkeypatch.setattr(cuda_loader, "extension", broken)
-    monkeypatch.setattr(cuda_loader, "_usable", {})
+    monkeypatch.setattr(extension, "load", broken)
+    monkeypatch.setattr(extension, "_usable", {})
     with pytest.warns(RuntimeWarning, match=f"{op}: .*nvcc exploded on {op}.*PyTorch implementation instead"):
-        assert cuda_loader.usable(op) is False
+        assert extension.usable(op) is False
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert cuda_loader.usable(op) is False
+        assert extension.usable(op) is False

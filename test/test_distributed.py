@@ -1,6 +1,6 @@
 """Several processes: the CUDA build shared between them, and DDP training equal to one process.
 
-- Three processes JIT-build one extension at once through ``cuda_ext.jit_build``
+- Three processes JIT-build one extension at once through ``espnet_rwkv.ops.extension.jit_build``
   (as ESPnet's spawned workers do on first use): nvcc runs once, all import it.
 - A build killed half-way (torch leaves its ``lock`` file behind) does not
   block the next one.
@@ -11,6 +11,7 @@
 
 All marked ``distributed`` (deselect with ``-m "not distributed"``).
 """
+
 import json
 import os
 import shutil
@@ -42,10 +43,7 @@ TINY_CU = textwrap.dedent("""\
 # Builds the tiny extension through the plugin's loader and prints the module's name.
 BUILD = textwrap.dedent("""\
     import sys
-    try:
-        from espnet_rwkv.cuda_ext import jit_build
-    except ImportError:  # source tree without ``pip install``
-        from cuda_ext import jit_build
+    from espnet_rwkv.ops.extension import jit_build
     print(jit_build("tiny_ext", [sys.argv[1]]).__name__)
 """)
 
@@ -65,16 +63,25 @@ def build_env(tmp_path):
     source.write_text(TINY_CU)
     calls = tmp_path / "nvcc_calls"
     wrapper = tmp_path / "nvcc"
-    # With NVCC_HOLD set, the wrapper signals it started and hangs: a build to kill mid-way.
-    wrapper.write_text(textwrap.dedent(f"""\
+    # With NVCC_HOLD set, the wrapper writes its pid there (whole, through a rename) and hangs as
+    # that process: a build to kill mid-way.
+    wrapper.write_text(
+        textwrap.dedent(f"""\
         #!/bin/sh
         echo run >> {calls}
-        if [ -n "$NVCC_HOLD" ]; then touch "$NVCC_HOLD"; sleep 600; fi
+        if [ -n "$NVCC_HOLD" ]; then echo $$ > "$NVCC_HOLD.tmp"; mv "$NVCC_HOLD.tmp" "$NVCC_HOLD"; exec sleep 600; fi
         exec {cuda_home}/bin/nvcc "$@"
-    """))
+    """)
+    )
     wrapper.chmod(0o755)
-    env = dict(os.environ, CUDA_HOME=cuda_home, PYTORCH_NVCC=str(wrapper), TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"),
-               MAX_JOBS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        CUDA_HOME=cuda_home,
+        PYTORCH_NVCC=str(wrapper),
+        TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"),
+        MAX_JOBS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
     return env, source, calls
 
 
@@ -84,8 +91,12 @@ def _nvcc_runs(calls: Path) -> int:
 
 def test_parallel_builds_compile_once(build_env):
     env, source, calls = build_env
-    procs = [subprocess.Popen([sys.executable, "-c", BUILD, source], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BUILD, source], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
@@ -93,17 +104,53 @@ def test_parallel_builds_compile_once(build_env):
     assert _nvcc_runs(calls) == 1
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie that no one has reaped yet does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _kill_and_wait(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_killed_build_does_not_block_the_next(build_env, tmp_path):
     env, source, calls = build_env
     started = tmp_path / "nvcc_started"
-    victim = subprocess.Popen([sys.executable, "-c", BUILD, source], env=dict(env, NVCC_HOLD=str(started)),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not started.exists():
-        assert victim.poll() is None and time.monotonic() < deadline, "the build never reached nvcc"
-        time.sleep(0.2)
-    os.killpg(victim.pid, signal.SIGKILL)
-    victim.wait()
+    victim = subprocess.Popen(
+        [sys.executable, "-c", BUILD, source],
+        env=dict(env, NVCC_HOLD=str(started)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    held = None
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert victim.poll() is None and time.monotonic() < deadline, "the build never reached nvcc"
+            time.sleep(0.2)
+        held = int(started.read_text())
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+    finally:
+        # ninja starts each command in a process group of its own, which killpg above does not
+        # reach: the hung nvcc stand-in is killed by its pid.
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait()
+        if held is not None:
+            _kill_and_wait(held)
+    assert held is not None and not _alive(held), "no process of the killed build may outlive the test"
     assert list((tmp_path / "ext").glob("tiny_ext/lock")), "torch's lock file should outlive the killed build"
 
     result = subprocess.run([sys.executable, "-c", BUILD, source], env=env, capture_output=True, text=True, timeout=300)
@@ -115,8 +162,20 @@ def test_killed_build_does_not_block_the_next(build_env, tmp_path):
 def _bench(tmp_path, *flags):
     """``bench/distributed.py --tiny`` (RWKV-BAT, 1 and 2 processes, throughput and equivalence runs); its results."""
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, ROOT / "bench" / "distributed.py", "--tiny", *flags,
-                             "--workdir", tmp_path / "work", "--out", out], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            ROOT / "bench" / "distributed.py",
+            "--tiny",
+            *flags,
+            "--workdir",
+            tmp_path / "work",
+            "--out",
+            out,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert (out / "distributed.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
     print((out / "distributed.txt").read_text())
     (results,) = json.loads((out / "distributed.json").read_text())["results"]
@@ -125,8 +184,12 @@ def _bench(tmp_path, *flags):
 
 def _check_runs(results):
     assert results["world_sizes"] == [1, 2, 1, 2]  # rank 0's log prefix: the 2-process runs are distributed
-    assert results["batch_sizes"] == {"rwkv_bat/throughput_1": [4, 4], "rwkv_bat/throughput_2": [8, 8],
-                                      "rwkv_bat/equivalence_1": [5, 5], "rwkv_bat/equivalence_2": [5, 5]}
+    assert results["batch_sizes"] == {
+        "rwkv_bat/throughput_1": [4, 4],
+        "rwkv_bat/throughput_2": [8, 8],
+        "rwkv_bat/equivalence_1": [5, 5],
+        "rwkv_bat/equivalence_2": [5, 5],
+    }
     for n in ("1", "2"):
         assert results[f"throughput_{n}"]["steps"] == 5 and results[f"throughput_{n}"]["utt_per_s"] > 0
     assert len(results["equivalence"]["steps"]) == 3

@@ -6,6 +6,7 @@ decoding and packing exactly as asr.sh would call them; the packed zip is
 reloaded with ``Speech2Text.from_pretrained`` and must decode identically.
 Both an RWKV model and ESPnet's built-in chunk conformer go through it.
 """
+
 import re
 import subprocess
 import sys
@@ -17,12 +18,26 @@ import torch
 
 CONF = Path(__file__).parent / "conf"
 SENTENCES = [
-    "THE CAT SAT ON THE MAT", "A BIRD IN THE HAND", "TIME FLIES LIKE AN ARROW",
-    "KEEP CALM AND CARRY ON", "ALL THAT GLITTERS IS NOT GOLD", "BETTER LATE THAN NEVER",
-    "EASY COME EASY GO", "NO NEWS IS GOOD NEWS", "ACTIONS SPEAK LOUDER THAN WORDS",
-    "TWO HEADS ARE BETTER THAN ONE", "THE EARLY BIRD CATCHES THE WORM", "SEEING IS BELIEVING",
-    "PRACTICE MAKES PERFECT", "WHEN IN ROME", "LOOK BEFORE YOU LEAP", "KNOWLEDGE IS POWER",
-    "HASTE MAKES WASTE", "SILENCE IS GOLDEN", "OUT OF SIGHT OUT OF MIND", "TIME IS MONEY",
+    "THE CAT SAT ON THE MAT",
+    "A BIRD IN THE HAND",
+    "TIME FLIES LIKE AN ARROW",
+    "KEEP CALM AND CARRY ON",
+    "ALL THAT GLITTERS IS NOT GOLD",
+    "BETTER LATE THAN NEVER",
+    "EASY COME EASY GO",
+    "NO NEWS IS GOOD NEWS",
+    "ACTIONS SPEAK LOUDER THAN WORDS",
+    "TWO HEADS ARE BETTER THAN ONE",
+    "THE EARLY BIRD CATCHES THE WORM",
+    "SEEING IS BELIEVING",
+    "PRACTICE MAKES PERFECT",
+    "WHEN IN ROME",
+    "LOOK BEFORE YOU LEAP",
+    "KNOWLEDGE IS POWER",
+    "HASTE MAKES WASTE",
+    "SILENCE IS GOLDEN",
+    "OUT OF SIGHT OUT OF MIND",
+    "TIME IS MONEY",
 ]
 VOICES = ["en-us", "en-gb", "en-us+f3"]
 
@@ -60,10 +75,29 @@ def corpus(tmp_path_factory, espeak):
     write_data_dir(root / "train", items[:16])
     write_data_dir(root / "valid", items[16:])
     subprocess.run(
-        [sys.executable, "-m", "espnet2.bin.tokenize_text", "--token_type", "char", "--input", root / "train" / "text",
-         "--output", root / "tokens.txt", "--field", "2-", "--write_vocabulary", "true",
-         "--add_symbol", "<blank>:0", "--add_symbol", "<unk>:1", "--add_symbol", "<sos/eos>:-1"],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "espnet2.bin.tokenize_text",
+            "--token_type",
+            "char",
+            "--input",
+            root / "train" / "text",
+            "--output",
+            root / "tokens.txt",
+            "--field",
+            "2-",
+            "--write_vocabulary",
+            "true",
+            "--add_symbol",
+            "<blank>:0",
+            "--add_symbol",
+            "<unk>:1",
+            "--add_symbol",
+            "<sos/eos>:-1",
+        ],
+        check=True,
+        capture_output=True,
     )
     return root
 
@@ -71,8 +105,12 @@ def corpus(tmp_path_factory, espeak):
 def data_args(corpus):
     args = []
     for split in ("train", "valid"):
-        args += [f"--{split}_data_path_and_name_and_type", f"{corpus / split / 'wav.scp'},speech,sound",
-                 f"--{split}_data_path_and_name_and_type", f"{corpus / split / 'text'},text,text"]
+        args += [
+            f"--{split}_data_path_and_name_and_type",
+            f"{corpus / split / 'wav.scp'},speech,sound",
+            f"--{split}_data_path_and_name_and_type",
+            f"{corpus / split / 'text'},text,text",
+        ]
     return args
 
 
@@ -84,22 +122,76 @@ def epoch_losses(log: str, name: str = "loss"):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["tiny_rwkv.yaml", "tiny_rwkv_bat.yaml", "tiny_conformer_chunk.yaml"])
 def test_collect_stats_train_decode_pack_reload(corpus, config, tmp_path):
-    common = ["--token_list", corpus / "tokens.txt", "--token_type", "char", "--ngpu", 0, "--num_workers", 0,
-              "--config", CONF / config, *data_args(corpus)]
+    common = [
+        "--token_list",
+        corpus / "tokens.txt",
+        "--token_type",
+        "char",
+        "--ngpu",
+        0,
+        "--num_workers",
+        0,
+        "--config",
+        CONF / config,
+        *data_args(corpus),
+    ]
     stats = tmp_path / "stats"
-    launch("espnet2.bin.asr_transducer_train", *common, "--collect_stats", "true", "--batch_type", "unsorted",
-           "--batch_size", 4, "--train_shape_file", corpus / "train" / "wav.scp",
-           "--valid_shape_file", corpus / "valid" / "wav.scp", "--output_dir", stats, log=tmp_path / "stats.log")
+    launch(
+        "espnet2.bin.asr_transducer_train",
+        *common,
+        "--collect_stats",
+        "true",
+        "--batch_type",
+        "unsorted",
+        "--batch_size",
+        4,
+        "--train_shape_file",
+        corpus / "train" / "wav.scp",
+        "--valid_shape_file",
+        corpus / "valid" / "wav.scp",
+        "--output_dir",
+        stats,
+        log=tmp_path / "stats.log",
+    )
     feats_stats = stats / "train" / "feats_stats.npz"
     assert feats_stats.exists()
 
     exp = tmp_path / "exp"
-    log = launch("espnet2.bin.asr_transducer_train", *common, "--normalize", "global_mvn",
-                 "--normalize_conf", f"stats_file={feats_stats}", "--batch_type", "sorted", "--batch_size", 4,
-                 "--train_shape_file", stats / "train" / "speech_shape", "--valid_shape_file", stats / "valid" / "speech_shape",
-                 "--max_epoch", 6, "--optim", "adam", "--optim_conf", "lr=0.005", "--seed", 0,
-                 "--use_tensorboard", "false", "--use_matplotlib", "false", "--num_att_plot", 0,
-                 "--keep_nbest_models", 1, "--output_dir", exp, log=tmp_path / "train.log")
+    log = launch(
+        "espnet2.bin.asr_transducer_train",
+        *common,
+        "--normalize",
+        "global_mvn",
+        "--normalize_conf",
+        f"stats_file={feats_stats}",
+        "--batch_type",
+        "sorted",
+        "--batch_size",
+        4,
+        "--train_shape_file",
+        stats / "train" / "speech_shape",
+        "--valid_shape_file",
+        stats / "valid" / "speech_shape",
+        "--max_epoch",
+        6,
+        "--optim",
+        "adam",
+        "--optim_conf",
+        "lr=0.005",
+        "--seed",
+        0,
+        "--use_tensorboard",
+        "false",
+        "--use_matplotlib",
+        "false",
+        "--num_att_plot",
+        0,
+        "--keep_nbest_models",
+        1,
+        "--output_dir",
+        exp,
+        log=tmp_path / "train.log",
+    )
     names = ["loss", "loss_transducer"] + (["loss_quantity"] if "bat" in config else [])
     for name in names:
         losses = epoch_losses(log, name)
@@ -109,21 +201,48 @@ def test_collect_stats_train_decode_pack_reload(corpus, config, tmp_path):
     model_file = exp / "valid.loss.best.pth"
 
     decode = tmp_path / "decode"
-    launch("espnet2.bin.asr_transducer_inference", "--asr_train_config", exp / "config.yaml",
-           "--asr_model_file", model_file, "--data_path_and_name_and_type", f"{corpus / 'valid' / 'wav.scp'},speech,sound",
-           "--output_dir", decode, "--batch_size", 1, "--ngpu", 0, "--beam_size", 2, log=tmp_path / "decode.log")
+    launch(
+        "espnet2.bin.asr_transducer_inference",
+        "--asr_train_config",
+        exp / "config.yaml",
+        "--asr_model_file",
+        model_file,
+        "--data_path_and_name_and_type",
+        f"{corpus / 'valid' / 'wav.scp'},speech,sound",
+        "--output_dir",
+        decode,
+        "--batch_size",
+        1,
+        "--ngpu",
+        0,
+        "--beam_size",
+        2,
+        log=tmp_path / "decode.log",
+    )
     best = decode / "1best_recog"
     decoded = dict((line + " ").split(" ", 1) for line in (best / "token_int").read_text().splitlines())
     scores = dict(line.split() for line in (best / "score").read_text().splitlines())
     assert len(decoded) == len(scores) == 4
 
     packed = tmp_path / "packed.zip"
-    launch("espnet2.bin.pack", "asr", "--asr_train_config", exp / "config.yaml", "--asr_model_file", model_file,
-           "--option", feats_stats, "--outpath", packed, log=tmp_path / "pack.log")
+    launch(
+        "espnet2.bin.pack",
+        "asr",
+        "--asr_train_config",
+        exp / "config.yaml",
+        "--asr_model_file",
+        model_file,
+        "--option",
+        feats_stats,
+        "--outpath",
+        packed,
+        log=tmp_path / "pack.log",
+    )
 
-    # Reload in this process, as a user would after `import espnet_rwkv`.
-    import espnet_rwkv  # noqa: F401
+    # Reload in this process, as a user would after `import espnet_rwkv.espnet`.
     from espnet2.bin.asr_transducer_inference import Speech2Text
+
+    import espnet_rwkv.espnet  # noqa: F401
 
     speech2text = Speech2Text.from_pretrained(model_tag=str(packed), beam_size=2)
     for line in (corpus / "valid" / "wav.scp").read_text().splitlines():
@@ -136,12 +255,19 @@ def test_collect_stats_train_decode_pack_reload(corpus, config, tmp_path):
 
     # Without the plugin ESPnet cannot rebuild the model, and says so instead of loading it wrong.
     without_plugin = subprocess.run(
-        [sys.executable, "-c", "from espnet2.bin.asr_transducer_inference import Speech2Text; "
-         f"Speech2Text.from_pretrained(model_tag={str(packed)!r})"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from espnet2.bin.asr_transducer_inference import Speech2Text; "
+            f"Speech2Text.from_pretrained(model_tag={str(packed)!r})",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert without_plugin.returncode != 0
-    expected = "Block type: rwkv is not supported" if "rwkv" in config else "unexpected keyword argument 'transducer_loss'"
+    expected = (
+        "Block type: rwkv is not supported" if "rwkv" in config else "unexpected keyword argument 'transducer_loss'"
+    )
     assert expected in without_plugin.stderr
 
 
@@ -157,9 +283,31 @@ def test_empty_transcript_line_is_reported(corpus, tmp_path):
     args = data_args(corpus)
     args[args.index(f"{corpus / 'train' / 'text'},text,text")] = f"{bad / 'text'},text,text"
     with pytest.raises(AssertionError, match=rf"doesn't include a space: .*: {empty_utt}"):
-        launch("espnet2.bin.asr_transducer_train", "--token_list", corpus / "tokens.txt", "--token_type", "char",
-               "--ngpu", 0, "--num_workers", 0, "--config", CONF / "tiny_rwkv.yaml", *args,
-               "--collect_stats", "true", "--batch_type", "unsorted", "--batch_size", 4,
-               "--train_shape_file", bad / "wav.scp", "--valid_shape_file", corpus / "valid" / "wav.scp",
-               "--output_dir", tmp_path / "stats", log=tmp_path / "stats.log")
+        launch(
+            "espnet2.bin.asr_transducer_train",
+            "--token_list",
+            corpus / "tokens.txt",
+            "--token_type",
+            "char",
+            "--ngpu",
+            0,
+            "--num_workers",
+            0,
+            "--config",
+            CONF / "tiny_rwkv.yaml",
+            *args,
+            "--collect_stats",
+            "true",
+            "--batch_type",
+            "unsorted",
+            "--batch_size",
+            4,
+            "--train_shape_file",
+            bad / "wav.scp",
+            "--valid_shape_file",
+            corpus / "valid" / "wav.scp",
+            "--output_dir",
+            tmp_path / "stats",
+            log=tmp_path / "stats.log",
+        )
     assert not (tmp_path / "stats" / "train" / "feats_stats.npz").exists()

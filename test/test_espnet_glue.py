@@ -1,4 +1,5 @@
 """The plugin inside ESPnet's transducer task: building, losses, validation, loading."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -6,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-import espnet_rwkv
 from conftest import TOKENS
 from espnet2.asr_transducer.encoder.encoder import Encoder
 from espnet2.tasks.asr_transducer import ASRTransducerTask
+
+import espnet_rwkv.espnet  # noqa: F401  (registers the plugin)
 from espnet_rwkv.asr.encoder import RWKVEncoder
 from espnet_rwkv.asr.model import CheckpointMismatchError, TransducerModel
 
@@ -106,7 +107,10 @@ def test_rwkv_block_state_chains_like_one_pass():
         ([{"block_type": "rwkv", "hidden_size": 32, "heads": 4}], r"unknown option\(s\) \['heads'\]"),
         ([{"block_type": "rwkv"}], "hidden_size is required"),
         ([{"block_type": "rwkv", "hidden_size": 32, "num_blocks": 0}], "num_blocks must be"),
-        ([{"block_type": "rwkv", "hidden_size": 32}, {"block_type": "conformer", "hidden_size": 32}], "cannot be mixed"),
+        (
+            [{"block_type": "rwkv", "hidden_size": 32}, {"block_type": "conformer", "hidden_size": 32}],
+            "cannot be mixed",
+        ),
         ([{"block_type": "transformerx", "hidden_size": 32}], "Block type: transformerx is not supported"),
     ],
 )
@@ -140,8 +144,15 @@ def test_config_defaults_keep_espnet_model_options():
 
 
 def _save_experiment(tmp_path, conf, model):
-    config = {**conf, "token_list": list(TOKENS), "input_size": None, "frontend": "default",
-              "specaug": None, "normalize": None, "init": None}
+    config = {
+        **conf,
+        "token_list": list(TOKENS),
+        "input_size": None,
+        "frontend": "default",
+        "specaug": None,
+        "normalize": None,
+        "init": None,
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     torch.save(model.state_dict(), tmp_path / "model.pth")
     return tmp_path / "config.yaml", tmp_path / "model.pth"
@@ -166,9 +177,41 @@ def test_loading_mismatched_checkpoint_is_an_error(tmp_path):
 
 
 def test_unsupported_espnet_version_is_refused(monkeypatch):
-    monkeypatch.setattr(espnet_rwkv.importlib.metadata, "version", lambda name: "202412")
+    from espnet_rwkv import registration
+
+    monkeypatch.setattr(registration.importlib.metadata, "version", lambda name: "202412")
     with pytest.raises(ImportError, match="supports espnet 202611, but espnet 202412"):
-        espnet_rwkv._check_espnet_version()
+        espnet_rwkv.register()
+
+
+def _imported_after(code: str) -> list:
+    """Modules that ``code``, run in a fresh interpreter, leaves imported (the espnet2 ones, and what the
+    transducer task's names are bound to)."""
+    probe = (
+        f"{code}\nimport sys\n"
+        "print(sorted(m for m in sys.modules if m == 'espnet2' or m.startswith('espnet2.')))\n"
+        "task = sys.modules.get('espnet2.tasks.asr_transducer')\n"
+        "print(task.Encoder.__module__ if task else None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-2:]
+
+
+def test_importing_the_ops_touches_no_espnet():
+    espnet_modules, _ = _imported_after("import espnet_rwkv.ops")
+    assert espnet_modules == "[]"
+
+
+def test_importing_the_package_registers_nothing():
+    espnet_modules, _ = _imported_after("import espnet_rwkv")
+    assert espnet_modules == "[]"
+    _, encoder = _imported_after("import espnet_rwkv, espnet2.tasks.asr_transducer")
+    assert encoder == "espnet2.asr_transducer.encoder.encoder"
+
+
+def test_import_espnet_rwkv_espnet_registers():
+    _, encoder = _imported_after("import espnet_rwkv.espnet")
+    assert encoder == "espnet_rwkv.asr.encoder"
 
 
 def test_launcher_registers_in_spawned_workers():
@@ -183,7 +226,10 @@ def test_launcher_registers_in_spawned_workers():
     script_dir = Path(__file__).parent
     out = subprocess.run(
         [sys.executable, "-m", "espnet_rwkv.launch", "-c", code],
-        capture_output=True, text=True, check=True, cwd=script_dir,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=script_dir,
     )
     assert out.stdout.strip().splitlines()[-1] == "espnet_rwkv.asr.encoder"
 
@@ -195,11 +241,14 @@ def test_launcher_destroys_the_process_group_the_target_leaves(tmp_path):
         f"dist.init_process_group('gloo', init_method='file://{tmp_path}/rendezvous', rank=0, world_size=1)\n"
         "atexit.register(lambda: print('open at exit:', dist.is_initialized()))\n"
     )
-    out = subprocess.run([sys.executable, "-m", "espnet_rwkv.launch", "-c", code],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "espnet_rwkv.launch", "-c", code], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip().splitlines()[-1] == "open at exit: False"
 
 
 def test_launcher_usage_errors():
-    out = subprocess.run([sys.executable, "-m", "espnet_rwkv.launch", "-m", "no.such.module"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "espnet_rwkv.launch", "-m", "no.such.module"], capture_output=True, text=True
+    )
     assert out.returncode != 0 and "no module named 'no.such.module'" in out.stderr

@@ -1,4 +1,5 @@
 """espnet_rwkv.model_card on a zip that ESPnet's pack wrote, as the recipes run it after stage 14."""
+
 import io
 import subprocess
 import sys
@@ -9,17 +10,31 @@ import pytest
 import yaml
 from espnet2.bin.asr_transducer_inference import Speech2Text
 from espnet2.tasks.asr_transducer import ASRTransducerTask
+from packed_model import MODEL_FILE, make_exp, pack
 
 import espnet_rwkv
 from espnet_rwkv.model_card import needs_plugin
-from packed_model import MODEL_FILE, make_exp, pack
 
 
 def run_model_card(root, exp, packed):
     return subprocess.run(
-        [sys.executable, "-m", "espnet_rwkv.model_card", "--asr_exp", exp, "--packed_model", packed,
-         "--lang", "en", "--corpus", "tiny_corpus"],
-        cwd=root, check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "espnet_rwkv.model_card",
+            "--asr_exp",
+            exp,
+            "--packed_model",
+            packed,
+            "--lang",
+            "en",
+            "--corpus",
+            "tiny_corpus",
+        ],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -45,9 +60,13 @@ def test_card_says_what_the_model_needs(packed):
     meta = yaml.safe_load(members(zip_path)["meta.yaml"])
     assert card.startswith("---\nlibrary_name: espnet\n")
     assert "**Loading it needs espnet_rwkv:**" in card
-    for package, version in [("espnet_rwkv", espnet_rwkv.__version__), ("espnet", meta["espnet"]), ("torch", meta["torch"])]:
+    for package, version in [
+        ("espnet_rwkv", espnet_rwkv.__version__),
+        ("espnet", meta["espnet"]),
+        ("torch", meta["torch"]),
+    ]:
         assert f"| {package} | {version} |" in card
-    assert "import espnet_rwkv  # first" in card
+    assert "import espnet_rwkv.espnet  # first" in card
     assert "encoder: 2 × rwkv (32), subsampling ×4" in card and "transducer loss: bat" in card
     model, _ = ASRTransducerTask.build_model_from_file(exp / "config.yaml", exp / MODEL_FILE)
     assert f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M" in card
@@ -61,7 +80,11 @@ def test_meta_yaml_keeps_espnet_keys_and_adds_the_plugin(packed):
     assert {k: after[k] for k in before} == before
     assert after["espnet_rwkv"] == espnet_rwkv.__version__
     torch_version = before["torch"].split("+")[0]
-    assert after["requirements"][:3] == [f"espnet_rwkv=={espnet_rwkv.__version__}", f"espnet=={before['espnet']}", f"torch=={torch_version}"]
+    assert after["requirements"][:3] == [
+        f"espnet_rwkv=={espnet_rwkv.__version__}",
+        f"espnet=={before['espnet']}",
+        f"torch=={torch_version}",
+    ]
 
 
 def test_packed_model_still_loads_and_decodes_the_same(packed):

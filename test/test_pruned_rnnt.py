@@ -1,4 +1,5 @@
 """Pruned RNN-T loss against torchaudio's full loss, a closed form and gradcheck."""
+
 import pytest
 import torch
 import torchaudio
@@ -31,19 +32,28 @@ def random_batch(B, T, U, V, seed, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
-@pytest.mark.parametrize("B,T,U,V,seed", [(4, 9, 5, 7, 0), (3, 1, 3, 5, 1), (5, 20, 12, 30, 2), (2, 4, 0, 3, 3),
-                                          (40, 33, 10, 6, 10), (3, 12, 40, 5, 12)])
+@pytest.mark.parametrize(
+    "B,T,U,V,seed",
+    [(4, 9, 5, 7, 0), (3, 1, 3, 5, 1), (5, 20, 12, 30, 2), (2, 4, 0, 3, 3), (40, 33, 10, 6, 10), (3, 12, 40, 5, 12)],
+)
 def test_full_window_equals_torchaudio(B, T, U, V, seed, device, backend):
     """The reference is torchaudio on the CPU: its CUDA kernel disagrees with its own CPU result
     for batches with T = 1 or U = 0 (seen with torchaudio 2.11 on an H100)."""
     logits, targets, t_len, u_len = random_batch(B, T, U, V, seed)
     logits.requires_grad_()
     ref = torchaudio.functional.rnnt_loss(logits, targets, t_len.int(), u_len.int(), blank=0, reduction="none")
-    g_ref, = torch.autograd.grad(ref.sum(), logits)
+    (g_ref,) = torch.autograd.grad(ref.sum(), logits)
     on_device = logits.detach().to(device).requires_grad_()
-    ours = pruned_rnnt_loss(on_device, targets.to(device), full_window(B, T, U, u_len).to(device),
-                            t_len.to(device), u_len.to(device), reduction="none", backend=backend)
-    g_ours, = torch.autograd.grad(ours.sum(), on_device)
+    ours = pruned_rnnt_loss(
+        on_device,
+        targets.to(device),
+        full_window(B, T, U, u_len).to(device),
+        t_len.to(device),
+        u_len.to(device),
+        reduction="none",
+        backend=backend,
+    )
+    (g_ours,) = torch.autograd.grad(ours.sum(), on_device)
     torch.testing.assert_close(ours.cpu(), ref, rtol=1e-5, atol=1e-5)
     assert ((g_ours.cpu() - g_ref).norm() / g_ref.norm()) < 1e-5
 
@@ -53,7 +63,9 @@ def test_reductions_follow_torchaudio():
     ranges = full_window(3, 6, 4, u_len)
     per_utt = pruned_rnnt_loss(logits, targets, ranges, t_len, u_len, reduction="none")
     for reduction, expected in (("mean", per_utt.mean()), ("sum", per_utt.sum())):
-        torch.testing.assert_close(pruned_rnnt_loss(logits, targets, ranges, t_len, u_len, reduction=reduction), expected)
+        torch.testing.assert_close(
+            pruned_rnnt_loss(logits, targets, ranges, t_len, u_len, reduction=reduction), expected
+        )
         ref = torchaudio.functional.rnnt_loss(logits, targets, t_len.int(), u_len.int(), blank=0, reduction=reduction)
         torch.testing.assert_close(expected, ref, rtol=1e-5, atol=1e-5)
 
@@ -64,10 +76,12 @@ def test_tiny_lattice_closed_form(device, backend):
     logits = torch.randn(1, 2, 2, 3, device=device)
     lp = logits.log_softmax(-1)[0]
     y = 2
-    paths = torch.stack([
-        lp[0, 0, y] + lp[0, 1, 0] + lp[1, 1, 0],
-        lp[0, 0, 0] + lp[1, 0, y] + lp[1, 1, 0],
-    ])
+    paths = torch.stack(
+        [
+            lp[0, 0, y] + lp[0, 1, 0] + lp[1, 1, 0],
+            lp[0, 0, 0] + lp[1, 0, y] + lp[1, 1, 0],
+        ]
+    )
     tensors = [torch.tensor(x, device=device) for x in ([[y]], [[[0, 1], [0, 1]]], [2], [1])]
     loss = pruned_rnnt_loss(logits, *tensors, backend=backend)
     torch.testing.assert_close(loss, -torch.logsumexp(paths, 0))
@@ -96,11 +110,12 @@ def test_cuda_and_cpu_agree_on_narrow_windows(backend):
     ranges = bat_ranges(alpha, t_len, u_len, 2, 3)
     logits = logits[:, :, :5].contiguous().requires_grad_()
     cpu = pruned_rnnt_loss(logits, targets, ranges, t_len, u_len, reduction="none")
-    g_cpu, = torch.autograd.grad(cpu.sum(), logits)
+    (g_cpu,) = torch.autograd.grad(cpu.sum(), logits)
     on_gpu = logits.detach().cuda().requires_grad_()
-    gpu = pruned_rnnt_loss(on_gpu, targets.cuda(), ranges.cuda(), t_len.cuda(), u_len.cuda(), reduction="none",
-                           backend=backend)
-    g_gpu, = torch.autograd.grad(gpu.sum(), on_gpu)
+    gpu = pruned_rnnt_loss(
+        on_gpu, targets.cuda(), ranges.cuda(), t_len.cuda(), u_len.cuda(), reduction="none", backend=backend
+    )
+    (g_gpu,) = torch.autograd.grad(gpu.sum(), on_gpu)
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
     assert ((g_gpu.cpu() - g_cpu).norm() / g_cpu.norm()) < 1e-5
 
@@ -131,8 +146,9 @@ def test_targets_longer_than_frames_are_finite(device, backend):
     """RNN-T emits several labels per frame: U > T has paths (torchaudio agrees)."""
     logits, targets, _, _ = random_batch(1, 2, 6, 8, 7)
     t_len, u_len = torch.tensor([2]), torch.tensor([6])
-    ours = pruned_rnnt_loss(*(x.to(device) for x in (logits, targets, full_window(1, 2, 6, u_len), t_len, u_len)),
-                            backend=backend).cpu()
+    ours = pruned_rnnt_loss(
+        *(x.to(device) for x in (logits, targets, full_window(1, 2, 6, u_len), t_len, u_len)), backend=backend
+    ).cpu()
     ref = torchaudio.functional.rnnt_loss(logits, targets, t_len.int(), u_len.int(), blank=0)
     assert torch.isfinite(ours)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
@@ -168,15 +184,22 @@ def test_window_without_a_path_gives_inf_and_zero_gradient(device, backend):
 )
 def test_bad_input_raises_clear_error(change, message):
     logits, targets, t_len, u_len = random_batch(2, 3, 2, 4, 8)
-    kwargs = change(dict(logits=logits, targets=targets, ranges=full_window(2, 3, 2, u_len),
-                         logit_lengths=t_len, target_lengths=u_len))
+    kwargs = change(
+        dict(
+            logits=logits,
+            targets=targets,
+            ranges=full_window(2, 3, 2, u_len),
+            logit_lengths=t_len,
+            target_lengths=u_len,
+        )
+    )
     with pytest.raises(ValueError, match=message):
         pruned_rnnt_loss(**kwargs)
 
 
 @pytest.mark.gpu
 def test_equals_fast_rnnt_on_the_same_windows():
-    """k2's standalone pruned loss (built on the GPU machine, NOTES §5) on the same windows."""
+    """k2's standalone pruned loss (fast_rnnt, where installed; docs/kernels.md) on the same windows."""
     fast_rnnt = pytest.importorskip("fast_rnnt")
     g = torch.Generator().manual_seed(11)
     B, T, U, V, S = 4, 30, 12, 9, 4
@@ -190,8 +213,8 @@ def test_equals_fast_rnnt_on_the_same_windows():
     ranges = start[..., None] + torch.arange(S).cuda()
     boundary = torch.stack([torch.zeros_like(u_len), torch.zeros_like(u_len), u_len, t_len], dim=1)
     ref = fast_rnnt.rnnt_loss_pruned(logits, targets, ranges, termination_symbol=0, boundary=boundary, reduction="none")
-    g_ref, = torch.autograd.grad(ref.sum(), logits)
+    (g_ref,) = torch.autograd.grad(ref.sum(), logits)
     ours = pruned_rnnt_loss(logits, targets, ranges, t_len, u_len, reduction="none", backend="cuda")
-    g_ours, = torch.autograd.grad(ours.sum(), logits)
+    (g_ours,) = torch.autograd.grad(ours.sum(), logits)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-4)
     assert ((g_ours - g_ref).norm() / g_ref.norm()) < 1e-5

@@ -1,6 +1,7 @@
 """The recipes in egs2/: every config builds and steps through ESPnet with the plugin, every decode
 config is a Speech2Text setting that runs, run.sh drives asr.sh through the stages it should, and
 local/data.sh makes valid data dirs (synth_en) or runs ESPnet's own data preparation (the others)."""
+
 import inspect
 import os
 import re
@@ -18,18 +19,19 @@ from espnet2.bin import asr_transducer_inference
 from espnet2.bin.asr_transducer_inference import Speech2Text
 from espnet2.tasks.asr_transducer import ASRTransducerTask
 from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
-
-import espnet_rwkv  # noqa: F401  (registers the plugin, as the recipes' launcher does)
 from packed_model import make_exp, pack
 
+import espnet_rwkv.espnet  # noqa: F401  (registers the plugin, as the recipes' launcher does)
+
 EGS2 = Path(__file__).resolve().parents[1] / "egs2"
+TEMPLATE = EGS2 / "TEMPLATE" / "asr1"
 RECIPE = EGS2 / "synth_en" / "asr1"
 RECIPES = sorted(p.parent for p in EGS2.glob("*/asr1/run.sh"))
 RUNTIME_DIRS = {"data", "dump", "exp", "downloads", ".espnet", "utils", "steps", "scripts", "pyscripts"}
 
 
 def recipe_yamls():
-    """Every yaml file under egs2/ but the directories that runs and setup_recipe.sh create."""
+    """Every yaml file under egs2/ but the directories that runs and TEMPLATE/asr1/setup_recipe.sh create."""
     found = []
     for top, dirs, files in os.walk(EGS2):
         dirs[:] = [d for d in dirs if d not in RUNTIME_DIRS]
@@ -81,8 +83,16 @@ def token_list(tmp_path: Path, size: int) -> Path:
 
 def parse_train_config(config: Path, tmp_path: Path, vocab: int):
     return ASRTransducerTask.get_parser().parse_args(
-        ["--config", str(config), "--token_list", str(token_list(tmp_path, vocab)), "--token_type", "char",
-         "--output_dir", str(tmp_path)]
+        [
+            "--config",
+            str(config),
+            "--token_list",
+            str(token_list(tmp_path, vocab)),
+            "--token_type",
+            "char",
+            "--output_dir",
+            str(tmp_path),
+        ]
     )
 
 
@@ -92,7 +102,9 @@ def test_train_config_builds_with_its_stated_size_and_steps(config, tmp_path):
     model = ASRTransducerTask.build_model(parse_train_config(config, tmp_path, vocab))
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, abs=0.05)
     speech = torch.randn(2, 16000)
-    loss, _, _ = model(speech, torch.tensor([16000, 12000]), torch.tensor([[2, 3, 4], [5, 6, -1]]), torch.tensor([3, 2]))
+    loss, _, _ = model(
+        speech, torch.tensor([16000, 12000]), torch.tensor([[2, 3, 4], [5, 6, -1]]), torch.tensor([3, 2])
+    )
     assert torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -103,7 +115,7 @@ def test_systems_share_a_parameter_budget_and_a_frontend(recipe):
     configs = {p.name: p for p in TRAIN_CONFIGS if p.parents[2] == recipe}
     assert {"train_rwkv_bat.yaml", "train_conformer_chunk.yaml"} <= configs.keys()
     budgets = {name: stated_budget(path) for name, path in configs.items()}
-    for name, (vocab, millions, other, other_millions) in budgets.items():
+    for name, (vocab, _millions, other, other_millions) in budgets.items():
         assert budgets[other][0] == vocab and budgets[other][1] == other_millions, f"{name} states {other} wrongly"
     rwkv, conformer = budgets["train_rwkv_bat.yaml"][1], budgets["train_conformer_chunk.yaml"][1]
     assert abs(rwkv / conformer - 1) <= 0.10
@@ -146,7 +158,7 @@ def test_decode_config_is_a_speech2text_setting(config):
         ["--config", str(config), "--output_dir", "out", "--data_path_and_name_and_type", "wav.scp,speech,sound"]
     )
     assert set(settings) <= set(inspect.signature(Speech2Text.__init__).parameters)
-    name = config.stem[len("decode_"):]
+    name = config.stem[len("decode_") :]
     if name == "full":
         assert not settings.get("streaming", False)
     else:
@@ -174,7 +186,15 @@ def test_streaming_decodes_of_run_sh_run(recipe, system, tmp_path):
             speech2text = Speech2Text(asr_train_config=tmp_path / "config.yaml", **{**settings, "beam_size": 1})
         except NotImplementedError as e:
             pytest.skip(f"{system}: {e}")
-        assert isinstance(stream(speech2text, speech), list), name
+        hyps = stream(speech2text, speech)
+        assert hyps, f"{name}: the final window gave no hypothesis"
+        token_list = speech2text.asr_model.token_list
+        blank = token_list.index("<blank>")
+        for hyp in hyps:  # label sequences that start at blank, with a finite log probability
+            assert hyp.yseq[0] == blank and np.isfinite(hyp.score), (name, hyp)
+        for (_, tokens, token_int, _), hyp in zip(speech2text.hypotheses_to_results(hyps), hyps):
+            assert token_int == [t for t in hyp.yseq if t != blank], name
+            assert tokens == [token_list[t] for t in token_int], name
 
 
 # --- run.sh over a stand-in asr.sh: which stages run, for which system and decode ---
@@ -216,17 +236,18 @@ def packed_model(tmp_path_factory):
 
 
 def recipe_copy(tmp_path: Path, recipe: Path) -> Path:
-    """egs2/<recipe>/asr1 with the stand-in asr.sh and show_asr_result.sh, and a path.sh for this Python."""
-    shutil.copy(EGS2 / "asr_systems.sh", tmp_path / "asr_systems.sh")
+    """egs2/<recipe>/asr1 beside egs2/TEMPLATE/asr1, with the stand-in asr.sh and show_asr_result.sh,
+    and a path.sh for this Python."""
+    shutil.copytree(TEMPLATE, tmp_path / "TEMPLATE" / "asr1")
     work = tmp_path / recipe.parent.name / "asr1"
     shutil.copytree(recipe / "conf", work / "conf", symlinks=True)
-    (work / "local").mkdir(parents=True)
-    shutil.copy(recipe / "local" / "plot_wer_vs_latency.py", work / "local")
     shutil.copy(recipe / "run.sh", work / "run.sh")
     (work / "path.sh").write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
     (work / "asr.sh").write_text(FAKE_ASR_SH)
     (work / "scripts" / "utils").mkdir(parents=True)
-    (work / "scripts" / "utils" / "show_asr_result.sh").write_text('#!/usr/bin/env bash\necho "# RESULTS"; find "$1" -name result.txt | sort\n')
+    (work / "scripts" / "utils" / "show_asr_result.sh").write_text(
+        '#!/usr/bin/env bash\necho "# RESULTS"; find "$1" -name result.txt | sort\n'
+    )
     for script in (work / "asr.sh", work / "scripts" / "utils" / "show_asr_result.sh"):
         script.chmod(0o755)
     return work
@@ -251,7 +272,9 @@ def test_run_sh_runs_the_shared_stages_once_then_each_system(tmp_path, packed_mo
         expected += [["12-13", f"conf/train_{system}.yaml", system, f"decode_{d}"] for d in decodes]
         expected.append(["14-14", f"conf/train_{system}.yaml", system])
     assert [call[: len(e)] for call, e in zip(calls, expected)] == expected and len(calls) == len(expected)
-    assert all("inference_nj=3" in call for call in calls), "asr.sh options after run.sh's own pass through to every call"
+    assert all("inference_nj=3" in call for call in calls), (
+        "asr.sh options after run.sh's own pass through to every call"
+    )
     assert all(f"nj={min(len(os.sched_getaffinity(0)), 16)}" in call for call in calls), "a job a core"
     training = [call for call in calls if call[0] == "11-11"]
     cpu = not torch.cuda.is_available()
@@ -278,8 +301,13 @@ def test_run_sh_runs_only_the_asked_stages_and_systems(tmp_path, packed_model):
 
     # Packing, then the card, then the uploads of the zip with its card.
     (work / "asr_calls.log").unlink()
-    _, calls = run_recipe(work, "--stage", "14", "--stop_stage", "16", "--systems", "rwkv_bat", packed_model=packed_model)
-    assert [call[:3] for call in calls] == [["14-14", "conf/train_rwkv_bat.yaml", "rwkv_bat"], ["15-16", "conf/train_rwkv_bat.yaml", "rwkv_bat"]]
+    _, calls = run_recipe(
+        work, "--stage", "14", "--stop_stage", "16", "--systems", "rwkv_bat", packed_model=packed_model
+    )
+    assert [call[:3] for call in calls] == [
+        ["14-14", "conf/train_rwkv_bat.yaml", "rwkv_bat"],
+        ["15-16", "conf/train_rwkv_bat.yaml", "rwkv_bat"],
+    ]
 
 
 @pytest.mark.slow
@@ -290,7 +318,9 @@ def test_paper_recipes_run_sh_stages(recipe, tmp_path):
     decodes = [call[3] for call in calls if call[0] == "12-13"]
     assert sorted(decodes) == sorted(f"decode_{d}" for names in run_sh_decodes(recipe).values() for d in names)
     metric = "CER" if recipe.parent.name == "aishell" else "WER"
-    assert re.search(rf"conformer_chunk \S+ {metric} by window \(ms\) 160: 26.0, 320: 42.0, 640: 74.0, full: 11.0", result.stdout)
+    assert re.search(
+        rf"conformer_chunk \S+ {metric} by window \(ms\) 160: 26.0, 320: 42.0, 640: 74.0, full: 11.0", result.stdout
+    )
 
 
 # --- local/data.sh ---
@@ -308,7 +338,11 @@ def run_data_sh(workdir: Path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run(
         ["bash", "local/data.sh", "--num_train", "12", "--num_dev", "3", "--num_test", "3", "--nj", "2"],
-        cwd=workdir, capture_output=True, text=True, check=True, env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
 
 
@@ -352,7 +386,11 @@ def test_data_sh_makes_valid_disjoint_sets(workdir):
 
 
 def snapshot(workdir: Path):
-    return {p.relative_to(workdir): p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file() and "local" not in p.parts}
+    return {
+        p.relative_to(workdir): p.read_bytes()
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file() and "local" not in p.parts
+    }
 
 
 def test_data_sh_reruns_identically_and_resumes(workdir):
@@ -396,10 +434,13 @@ def test_espnet_data_prep_runs_espnets_data_sh_on_the_recipe(tmp_path, root_from
     for script in espnet_local.iterdir():
         script.chmod(0o755)
 
-    shutil.copy(EGS2 / "espnet_data_prep.sh", tmp_path / "espnet_data_prep.sh")
+    (tmp_path / "TEMPLATE" / "asr1").mkdir(parents=True)
+    shutil.copy(TEMPLATE / "espnet_data_prep.sh", tmp_path / "TEMPLATE" / "asr1" / "espnet_data_prep.sh")
     recipe = tmp_path / "mycorpus" / "asr1"
     (recipe / "local").mkdir(parents=True)
-    (recipe / "local" / "data.sh").write_text('#!/usr/bin/env bash\nexec "$(dirname "$0")/../../../espnet_data_prep.sh" somecorpus "$@"\n')
+    (recipe / "local" / "data.sh").write_text(
+        '#!/usr/bin/env bash\nexec "$(dirname "$0")/../../../TEMPLATE/asr1/espnet_data_prep.sh" somecorpus "$@"\n'
+    )
     (recipe / "local" / "data.sh").chmod(0o755)
     (recipe / "db.sh").write_text("CORPUS_DIR=${CORPUS_DIR:-downloads/somecorpus}\n")
     (recipe / "path.sh").write_text("")
@@ -422,8 +463,22 @@ def test_espnet_data_prep_runs_espnets_data_sh_on_the_recipe(tmp_path, root_from
     assert missing.returncode != 0 and "egs2/somecorpus/asr1/local/data.sh is missing" in missing.stderr
 
 
+def test_recipes_share_the_template_and_link_no_sibling():
+    """Shared recipe code is in egs2/TEMPLATE/asr1 only: no recipe links into another, and each
+    recipe's path.sh and run.sh name the template by relative path."""
+    for recipe in RECIPES:
+        for path in recipe.rglob("*"):
+            if path.is_symlink() and not set(path.relative_to(recipe).parts) & (RUNTIME_DIRS | {"asr.sh"}):
+                assert path.resolve().is_relative_to(recipe), f"{path} links out of its recipe"
+        assert "../../TEMPLATE/asr1/path.sh" in (recipe / "path.sh").read_text()
+        assert ". ../../TEMPLATE/asr1/asr_systems.sh" in (recipe / "run.sh").read_text()
+
+
 def test_paper_recipes_delegate_their_data_to_espnets_recipe():
-    for recipe, corpus in [(EGS2 / "librispeech_100" / "asr1", "librispeech_100"), (EGS2 / "aishell" / "asr1", "aishell")]:
+    for recipe, corpus in [
+        (EGS2 / "librispeech_100" / "asr1", "librispeech_100"),
+        (EGS2 / "aishell" / "asr1", "aishell"),
+    ]:
         data_sh = (recipe / "local" / "data.sh").read_text()
-        assert re.search(rf'espnet_data_prep\.sh" {corpus} "\$@"', data_sh)
+        assert re.search(rf'/TEMPLATE/asr1/espnet_data_prep\.sh" {corpus} "\$@"', data_sh)
         assert os.access(recipe / "local" / "data.sh", os.X_OK)

@@ -3,6 +3,7 @@
 Models have random weights (no training), with the RWKV blocks' zero-initialized
 output projections randomized too so that every block state matters.
 """
+
 import re
 import subprocess
 import sys
@@ -13,19 +14,21 @@ import pytest
 import soundfile
 import torch
 import yaml
-
-import espnet_rwkv  # noqa: F401
 from espnet2.asr_transducer.utils import TooShortUttError
 from espnet2.bin.asr_transducer_inference import Speech2Text
 from espnet2.tasks.asr_transducer import ASRTransducerTask
+
+import espnet_rwkv.espnet  # noqa: F401
 from espnet_rwkv import stream
+from espnet_rwkv.asr import beam_history
 from espnet_rwkv.asr.encoder import RWKVEncoder
-from espnet_rwkv.asr.rwkv_block import RWKVBlock, StreamingBlock, initial_block_state, wkv_chunk, wkv_chunk_masks
+from espnet_rwkv.asr.features import ExactAudioProcessor
+from espnet_rwkv.asr.recognizer import StreamingRecognizer, load_speech2text
+from espnet_rwkv.asr.rwkv_block import RWKVBlock, StreamingBlock, initial_block_state
 from espnet_rwkv.ops import wkv
 from espnet_rwkv.ops.wkv import empty_state
-from wkv_reference import wkv_reference
-from espnet_rwkv.asr import streaming
-from espnet_rwkv.asr.streaming import ExactAudioProcessor, StreamingRecognizer, load_speech2text
+from espnet_rwkv.ops.wkv.chunk import wkv_chunk, wkv_chunk_masks
+from espnet_rwkv.ops.wkv.reference import wkv_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "test" / "conf"
@@ -38,7 +41,16 @@ def make_exp_dir(path: Path, config: Path, input_conf=None) -> Path:
     path.mkdir(parents=True)
     (path / "tokens.txt").write_text("\n".join(TOKENS) + "\n")
     args = ASRTransducerTask.get_parser().parse_args(
-        ["--config", str(config), "--token_list", str(path / "tokens.txt"), "--token_type", "char", "--output_dir", str(path)]
+        [
+            "--config",
+            str(config),
+            "--token_list",
+            str(path / "tokens.txt"),
+            "--token_type",
+            "char",
+            "--output_dir",
+            str(path),
+        ]
     )
     if input_conf is not None:
         args.encoder_conf["input_conf"] = input_conf
@@ -103,14 +115,16 @@ def stream_all(recognizer: StreamingRecognizer, audio: torch.Tensor, piece: int)
     """Feed audio in pieces of ``piece`` samples -> (partials, final)."""
     partials = []
     for start in range(0, audio.numel(), piece):
-        partials += recognizer.accept(audio[start: start + piece])
+        partials += recognizer.accept(audio[start : start + piece])
     return partials, recognizer.finish()
 
 
 @pytest.mark.parametrize(
     "input_conf,expected",
-    [({"vgg_like": False, "subsampling_factor": 4, "conv_size": 16}, (4, 0, 7, 3)),
-     ({"vgg_like": True, "subsampling_factor": 4, "conv_size": [8, 16]}, (4, 3, 16, 9))],
+    [
+        ({"vgg_like": False, "subsampling_factor": 4, "conv_size": 16}, (4, 0, 7, 3)),
+        ({"vgg_like": True, "subsampling_factor": 4, "conv_size": [8, 16]}, (4, 3, 16, 9)),
+    ],
 )
 def test_receptive_field_is_what_the_subsampling_reads(input_conf, expected):
     conf = yaml.safe_load((CONF / "tiny_rwkv.yaml").read_text())["encoder_conf"]
@@ -182,7 +196,7 @@ def test_stream_forward_equals_forward(vgg_like, frames):
         full, _ = encoder(x, torch.tensor([frames]))
         for piece in (1, 3, 4, 17, 1000):
             encoder.reset_cache(0, torch.device("cpu"))
-            outs = [encoder.stream_forward(x[:, s: s + piece], is_final=False) for s in range(0, frames, piece)]
+            outs = [encoder.stream_forward(x[:, s : s + piece], is_final=False) for s in range(0, frames, piece)]
             outs.append(encoder.stream_forward(x[:, :0], is_final=True))
             torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=1e-5, atol=1e-5)
 
@@ -203,7 +217,7 @@ def test_exact_audio_processor_equals_full_features(rwkv_exp, piece):
     full = full_features(model, audio)
     processor = ExactAudioProcessor(model)
     with torch.no_grad():
-        feats = [processor(audio[s: s + piece], is_final=False) for s in range(0, audio.numel(), piece)]
+        feats = [processor(audio[s : s + piece], is_final=False) for s in range(0, audio.numel(), piece)]
         feats.append(processor(audio[:0], is_final=True))
     assert processor.state_nbytes == 0  # the final call starts a new stream
     torch.testing.assert_close(torch.cat(feats, dim=1), full, rtol=1e-4, atol=1e-4)
@@ -237,13 +251,16 @@ def test_shortened_label_history_changes_nothing(request, exp_name, monkeypatch)
     audio = speech_like(4.0, seed=7)
     results, longest = {}, {}
     for keep in (10**9, 0):
-        monkeypatch.setattr(streaming, "KEEP_LABELS", keep)
+        monkeypatch.setattr(beam_history, "KEEP_LABELS", keep)
         recognizer = StreamingRecognizer(load_speech2text(exp, 160, model_file=exp / "model.pth", beam_size=2))
-        shorten = recognizer._shorten_history
         lengths = []
-        recognizer._shorten_history = lambda: shorten() or lengths.append(
-            (len(recognizer.committed), max(len(h.yseq) for h in recognizer.speech2text.beam_search.search_cache or [[]]))
-        )
+
+        def shorten_and_record(recognizer=recognizer, shorten=recognizer.history.shorten, lengths=lengths):
+            shorten()
+            search_cache = recognizer.speech2text.beam_search.search_cache or [[]]
+            lengths.append((len(recognizer.history.committed), max(len(h.yseq) for h in search_cache)))
+
+        recognizer.history.shorten = shorten_and_record
         partials, final = stream_all(recognizer, audio, piece=2345)
         results[keep] = [(p.token_int, p.score) for p in partials + [final]]
         longest[keep] = max(lengths)
@@ -289,8 +306,8 @@ def test_espnet_streaming_path_runs_rwkv_and_feeds_each_frame_once(rwkv_exp):
     step = s2t.audio_processor.decoding_samples
     windows = audio.numel() // step
     for i in range(windows):
-        hyps = s2t.streaming_decode(audio[i * step: (i + 1) * step], is_final=False)
-    final = s2t.streaming_decode(audio[windows * step:], is_final=True)
+        hyps = s2t.streaming_decode(audio[i * step : (i + 1) * step], is_final=False)
+    final = s2t.streaming_decode(audio[windows * step :], is_final=True)
     assert hyps and final and s2t.hypotheses_to_results(final)[0][2] is not None
 
     frames = torch.cat(fed[:-1], dim=1)[0]  # the final window is zero-padded by ESPnet
@@ -312,6 +329,7 @@ def test_conformer_streaming_still_works(conformer_exp):
     assert final.is_final and final.end_s == 2.5 and all(p.compute_s > 0 for p in partials)
 
 
+@pytest.mark.slow
 def test_ten_minutes_stream_with_flat_state(rwkv_conv2d_exp):
     recognizer = StreamingRecognizer(
         load_speech2text(rwkv_conv2d_exp, 640, model_file=rwkv_conv2d_exp / "model.pth", beam_size=2)
@@ -329,7 +347,7 @@ def test_ten_minutes_stream_with_flat_state(rwkv_conv2d_exp):
     minute = speech_like(60.0, seed=5)
     for _ in range(10):
         for start in range(0, minute.numel(), 16000):
-            recognizer.accept(minute[start: start + 16000])
+            recognizer.accept(minute[start : start + 16000])
             sizes.append(recognizer.state_nbytes)
             cache_sizes.append(len(recognizer.speech2text.asr_model.decoder.score_cache))
     assert max(sizes) <= bound
@@ -345,7 +363,9 @@ def write_wav(path: Path, audio: np.ndarray, rate: int = RATE, subtype: str = "P
 
 
 def run_cli(exp: Path, *args):
-    return stream.main(["--model", str(exp), "--model_file", str(exp / "model.pth"), "--beam_size", "2", *map(str, args)])
+    return stream.main(
+        ["--model", str(exp), "--model_file", str(exp / "model.pth"), "--beam_size", "2", *map(str, args)]
+    )
 
 
 def test_cli_prints_partials_final_and_timing(rwkv_exp, tmp_path, capsys):
@@ -361,22 +381,45 @@ def test_cli_prints_partials_final_and_timing(rwkv_exp, tmp_path, capsys):
     # The same audio as raw PCM on stdin (read as it arrives) gives the same final hypothesis.
     pcm = soundfile.read(str(wav), dtype="int16")[0].astype("<i2").tobytes()
     result = subprocess.run(
-        [sys.executable, "-m", "espnet_rwkv.stream", "--model", str(rwkv_exp), "--model_file",
-         str(rwkv_exp / "model.pth"), "--beam_size", "2", "--chunk_ms", "160", "-"],
-        input=pcm, capture_output=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "espnet_rwkv.stream",
+            "--model",
+            str(rwkv_exp),
+            "--model_file",
+            str(rwkv_exp / "model.pth"),
+            "--beam_size",
+            "2",
+            "--chunk_ms",
+            "160",
+            "-",
+        ],
+        input=pcm,
+        capture_output=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr.decode()[-2000:]
-    assert result.stdout.decode().splitlines()[-1].split(" final: ") == lines[-1].replace(str(wav), "stdin").split(" final: ")
+    assert result.stdout.decode().splitlines()[-1].split(" final: ") == lines[-1].replace(str(wav), "stdin").split(
+        " final: "
+    )
 
 
 @pytest.mark.parametrize(
     "make,message",
     [
-        (lambda p: write_wav(p, np.zeros(8000, dtype=np.float32), rate=8000), "sample rate is 8000 Hz, the model needs 16000 Hz"),
+        (
+            lambda p: write_wav(p, np.zeros(8000, dtype=np.float32), rate=8000),
+            "sample rate is 8000 Hz, the model needs 16000 Hz",
+        ),
         (lambda p: write_wav(p, np.zeros((16000, 2), dtype=np.float32)), "has 2 channels, the model needs mono"),
         (lambda p: write_wav(p, np.zeros(0, dtype=np.float32)), "has no samples"),
-        (lambda p: write_wav(p, np.where(np.arange(16000) == 12345, np.nan, 0.1).astype(np.float32), subtype="FLOAT"),
-         r"has NaN or infinite samples \(first at 0.772 s\)"),
+        (
+            lambda p: write_wav(
+                p, np.where(np.arange(16000) == 12345, np.nan, 0.1).astype(np.float32), subtype="FLOAT"
+            ),
+            r"has NaN or infinite samples \(first at 0.772 s\)",
+        ),
         (lambda p: write_wav(p, np.zeros(900, dtype=np.float32)), "too short for subsampling"),
         (lambda p: p.write_bytes(b"not audio"), "cannot read audio"),
     ],
@@ -393,7 +436,16 @@ def test_cli_bad_input_is_a_clear_error(rwkv_exp, tmp_path, capsys, make, messag
 
 
 def test_cli_bad_stdin_is_an_error(rwkv_exp):
-    cmd = [sys.executable, "-m", "espnet_rwkv.stream", "--model", str(rwkv_exp), "--model_file", str(rwkv_exp / "model.pth"), "-"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "espnet_rwkv.stream",
+        "--model",
+        str(rwkv_exp),
+        "--model_file",
+        str(rwkv_exp / "model.pth"),
+        "-",
+    ]
     for data, message in ((b"", "stdin: has no samples"), (b"\x01\x02\x03", "stdin ended inside a sample")):
         result = subprocess.run(cmd, input=data, capture_output=True, cwd=ROOT)
         assert result.returncode == 1 and message in result.stderr.decode(), result.stderr.decode()[-2000:]
@@ -411,11 +463,29 @@ def test_emission_latency_bench_runs(rwkv_exp, conformer_exp, tmp_path, espeak, 
 
     (tmp_path / "text").write_text("u1 THE CAT SAT\nu2 A BIRD IN THE HAND\n")
     (tmp_path / "decode.yaml").write_text("beam_size: 2\nstreaming: true\ndecoding_window: 999\n")
-    emission_latency.main([
-        "--model", f"rwkv={rwkv_exp}", "--model", f"conformer={conformer_exp}", "--text", str(tmp_path / "text"),
-        "--windows", "160", "640", "--num", "2", "--decode_conf", str(tmp_path / "decode.yaml"),
-    ])
+    emission_latency.main(
+        [
+            "--model",
+            f"rwkv={rwkv_exp}",
+            "--model",
+            f"conformer={conformer_exp}",
+            "--text",
+            str(tmp_path / "text"),
+            "--windows",
+            "160",
+            "640",
+            "--num",
+            "2",
+            "--decode_conf",
+            str(tmp_path / "decode.yaml"),
+        ]
+    )
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
-    assert [(row[0], row[1]) for row in rows] == [("| rwkv", "160"), ("| rwkv", "640"), ("| conformer", "160"), ("| conformer", "640")]
+    assert [(row[0], row[1]) for row in rows] == [
+        ("| rwkv", "160"),
+        ("| rwkv", "640"),
+        ("| conformer", "160"),
+        ("| conformer", "640"),
+    ]
     assert all(row[2].endswith(" / 8") for row in rows)
     assert [row[-1] for row in rows[:2]] == ["100 |", "100 |"]  # RWKV streams as it decodes in full

@@ -1,23 +1,13 @@
 """WKV operator (PyTorch backend) against the float64 direct-sum reference."""
+
 import pytest
 import torch
+from conftest import rel_error as _rel
+from conftest import wkv_inputs as _inputs
 
 from espnet_rwkv.ops import wkv
 from espnet_rwkv.ops.wkv import empty_state
-from wkv_reference import wkv_reference
-
-
-def _inputs(B, T, C, k_scale=1.0, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    time_decay = torch.randn(C, generator=g) * 1.5  # decays from e^-4.5 to e^4.5 per step
-    time_first = torch.randn(C, generator=g)
-    k = (torch.randn(B, T, C, generator=g) * k_scale).to(dtype)
-    v = torch.randn(B, T, C, generator=g).to(dtype)
-    return time_decay, time_first, k, v
-
-
-def _rel(x, ref):
-    return ((x.double() - ref).norm() / ref.norm()).item()
+from espnet_rwkv.ops.wkv.reference import wkv_reference
 
 
 @pytest.mark.parametrize("T", [1, 2, 15, 16, 17, 100, 4096])
@@ -66,9 +56,7 @@ def test_chunked_calls_equal_one_call():
     y_full, state_full = wkv(td, tf, k, v)
     state = None
     ys = []
-    for piece_k, piece_v in zip(
-        k.split([1, 30, 16, 50], dim=1), v.split([1, 30, 16, 50], dim=1)
-    ):
+    for piece_k, piece_v in zip(k.split([1, 30, 16, 50], dim=1), v.split([1, 30, 16, 50], dim=1)):
         y, state = wkv(td, tf, piece_k, piece_v, state)
         ys.append(y)
     torch.testing.assert_close(torch.cat(ys, dim=1), y_full, rtol=1e-5, atol=1e-6)

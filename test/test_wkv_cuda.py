@@ -1,14 +1,17 @@
 """CUDA WKV extension against the float64 direct-sum reference, on the GPU."""
+
 import threading
 
 import pytest
 import torch
+from conftest import rel_error as _rel
+from conftest import wkv_inputs
 
 from espnet_rwkv.ops import wkv
-from espnet_rwkv.ops.wkv import empty_state
 from espnet_rwkv.ops.wkv import cuda as wkv_cuda_module
+from espnet_rwkv.ops.wkv import empty_state
 from espnet_rwkv.ops.wkv.cuda import wkv_cuda
-from wkv_reference import wkv_reference
+from espnet_rwkv.ops.wkv.reference import wkv_reference
 
 pytestmark = [
     pytest.mark.gpu,
@@ -19,31 +22,21 @@ DEV = "cuda"
 HALF_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
 
 
-def _inputs(B, T, C, k_scale=1.0, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    time_decay = torch.randn(C, generator=g) * 1.5
-    time_first = torch.randn(C, generator=g)
-    k = torch.randn(B, T, C, generator=g) * k_scale
-    v = torch.randn(B, T, C, generator=g)
-    return [x.to(DEV) for x in (time_decay, time_first, k.to(dtype), v.to(dtype))]
+def _inputs(B, T, C, **kwargs):
+    return wkv_inputs(B, T, C, device=DEV, **kwargs)
 
 
 def _state(B, C, seed=1):
     g = torch.Generator().manual_seed(seed)
-    s = torch.stack([torch.randn(B, C, generator=g), torch.rand(B, C, generator=g) + 0.1,
-                     torch.randn(B, C, generator=g)], dim=1)
+    s = torch.stack(
+        [torch.randn(B, C, generator=g), torch.rand(B, C, generator=g) + 0.1, torch.randn(B, C, generator=g)], dim=1
+    )
     return s.to(DEV)
 
 
 def _ref(*args):
     """The float64 reference runs on the CPU (its index tensors live there)."""
     return wkv_reference(*[a.cpu() if a is not None else None for a in args])
-
-
-def _rel(x, ref):
-    x, ref = x.double().cpu(), ref.double().cpu()
-    # An all-zero reference (time_decay's gradient at T=1 from the empty state) needs x == 0.
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
 def _grads(fn, leaves, gy, gs):
@@ -53,8 +46,9 @@ def _grads(fn, leaves, gy, gs):
     return y, s, [t.grad for t in leaves]
 
 
-@pytest.mark.parametrize("B,T,C", [(2, 1, 8), (3, 7, 5), (2, 63, 33), (2, 64, 32), (1, 65, 40),
-                                   (2, 300, 17), (1, 1024, 64), (1, 4096, 8)])
+@pytest.mark.parametrize(
+    "B,T,C", [(2, 1, 8), (3, 7, 5), (2, 63, 33), (2, 64, 32), (1, 65, 40), (2, 300, 17), (1, 1024, 64), (1, 4096, 8)]
+)
 @pytest.mark.parametrize("with_state", [False, True])
 def test_fp32_outputs_and_all_gradients_match_reference(B, T, C, with_state):
     td, tf, k, v = _inputs(B, T, C)
@@ -64,7 +58,8 @@ def test_fp32_outputs_and_all_gradients_match_reference(B, T, C, with_state):
     gs = torch.randn(B, 3, C, generator=g, device=DEV, dtype=torch.float64)
     y, s, grads = _grads(lambda *a: wkv(*a, backend="cuda"), [td, tf, k, v, state], gy, gs)
     y_ref, s_ref, grads_ref = _grads(
-        lambda *a: wkv_reference(*a), [t.double().cpu() for t in (td, tf, k, v, state)], gy, gs)
+        lambda *a: wkv_reference(*a), [t.double().cpu() for t in (td, tf, k, v, state)], gy, gs
+    )
     assert _rel(y, y_ref) < 1e-5
     assert _rel(s, s_ref) < 1e-5
     names = ["time_decay", "time_first", "k", "v", "state"]
@@ -92,8 +87,9 @@ def test_half_precision_within_tolerance(dtype):
     state = empty_state(2, 96, DEV)
     y, _, grads = _grads(lambda *a: wkv(*a, backend="cuda"), [td, tf, k, v, state], gy, gs)
     assert y.dtype == dtype
-    y_ref, _, grads_ref = _grads(lambda *a: wkv_reference(*a),
-                                 [t.double().cpu() for t in (td, tf, k, v, state)], gy, gs)
+    y_ref, _, grads_ref = _grads(
+        lambda *a: wkv_reference(*a), [t.double().cpu() for t in (td, tf, k, v, state)], gy, gs
+    )
     assert _rel(y, y_ref) < HALF_TOL[dtype]
     for got, ref in zip(grads[:4], grads_ref[:4]):
         assert _rel(got, ref) < HALF_TOL[dtype]
@@ -146,8 +142,7 @@ def test_chained_chunks_equal_one_pass_forward_and_backward():
         leaves = [t.clone().requires_grad_() for t in (td, tf, k, v)]
         state, ys = None, []
         for lo, hi in pieces:
-            y, state = wkv(leaves[0], leaves[1], leaves[2][:, lo:hi], leaves[3][:, lo:hi], state,
-                           backend="cuda")
+            y, state = wkv(leaves[0], leaves[1], leaves[2][:, lo:hi], leaves[3][:, lo:hi], state, backend="cuda")
             ys.append(y)
         y = torch.cat(ys, 1)
         ((y * gy).sum() + state[:, :2].sum()).backward()
@@ -299,8 +294,7 @@ def test_parameter_gradients_take_the_parameters_dtype():
     state = empty_state(2, 16, DEV)
     bf = [td.bfloat16(), tf.bfloat16()]
     _, _, grads = _grads(lambda *a: wkv(*a, backend="cuda"), bf + [k, v, state], gy, gs)
-    _, _, grads_ref = _grads(lambda *a: wkv_reference(*a),
-                             [t.double().cpu() for t in bf + [k, v, state]], gy, gs)
+    _, _, grads_ref = _grads(lambda *a: wkv_reference(*a), [t.double().cpu() for t in bf + [k, v, state]], gy, gs)
     for got, ref in zip(grads[:2], grads_ref[:2]):
         assert got.dtype == torch.bfloat16
         assert _rel(got, ref) < HALF_TOL[torch.bfloat16]

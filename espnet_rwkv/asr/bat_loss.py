@@ -4,6 +4,7 @@ A CIF predictor on the encoder output places, per frame, a window of S labels
 around the number of labels emitted so far; the joiner and the RNN-T lattice
 are evaluated in that window only: (B, T, S, V) instead of (B, T, U+1, V).
 """
+
 from typing import Dict
 
 import torch
@@ -24,7 +25,9 @@ class BATLoss(nn.Module):
         cif_kernel_size: frames the CIF convolution sees (current and past).
     """
 
-    def __init__(self, encoder_size: int, left: int = 3, right: int = 5, quantity_weight: float = 1.0, cif_kernel_size: int = 3):
+    def __init__(
+        self, encoder_size: int, left: int = 3, right: int = 5, quantity_weight: float = 1.0, cif_kernel_size: int = 3
+    ):
         super().__init__()
         self.left = left
         self.right = right

@@ -1,4 +1,5 @@
 """Continuous integrate-and-fire weights for BAT's label boundaries (arXiv 2305.11571; CIF: arXiv 1905.11235)."""
+
 from typing import Tuple
 
 import torch

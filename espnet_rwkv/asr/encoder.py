@@ -12,21 +12,21 @@ adds ``block_type: rwkv`` bodies:
 ``build_encoder`` returns ESPnet's own ``Encoder`` for every other body, so
 built-in configs build exactly as without the plugin.
 """
+
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from typeguard import typechecked
-
 from espnet2.asr_transducer.encoder.building import build_input_block
 from espnet2.asr_transducer.encoder.encoder import Encoder
 from espnet2.asr_transducer.utils import TooShortUttError, check_short_utt, make_source_mask
+from typeguard import typechecked
 
+from espnet_rwkv.asr.encoder_config import check_body, input_block_conf
+from espnet_rwkv.asr.receptive_field import receptive_field
 from espnet_rwkv.asr.rwkv_block import RWKVBlock, StreamingBlock, initial_block_state
 
 BLOCK_TYPE = "rwkv"
-_BLOCK_OPTIONS = {"block_type", "hidden_size", "linear_size", "num_blocks", "dropout_rate"}
-_INPUT_OPTIONS = {"vgg_like", "subsampling_factor", "conv_size"}
 
 
 @typechecked
@@ -41,59 +41,13 @@ def build_encoder(
     if BLOCK_TYPE not in types:
         return Encoder(input_size, body_conf, input_conf=input_conf, main_conf=main_conf)
     if set(types) != {BLOCK_TYPE}:
-        raise ValueError(
-            f"encoder_conf.body_conf: rwkv blocks cannot be mixed with other block types, got {types}"
-        )
+        raise ValueError(f"encoder_conf.body_conf: rwkv blocks cannot be mixed with other block types, got {types}")
     if main_conf:
         raise ValueError(
             "encoder_conf.main_conf does not apply to rwkv bodies (it configures attention "
             f"and chunk masking); remove it. Got keys {sorted(main_conf)}"
         )
     return RWKVEncoder(input_size, body_conf, input_conf)
-
-
-def _check_body(body_conf: List[Dict[str, Any]]) -> Tuple[int, int, float, int]:
-    """Validate rwkv body blocks -> (hidden_size, linear_size, dropout_rate, total blocks)."""
-    sizes = set()
-    total = 0
-    for i, block in enumerate(body_conf, start=1):
-        unknown = set(block) - _BLOCK_OPTIONS
-        if unknown:
-            raise ValueError(
-                f"encoder_conf.body_conf block {i} (rwkv): unknown option(s) {sorted(unknown)}; "
-                f"allowed: {sorted(_BLOCK_OPTIONS)}"
-            )
-        if "hidden_size" not in block:
-            raise ValueError(f"encoder_conf.body_conf block {i} (rwkv): hidden_size is required")
-        hidden = block["hidden_size"]
-        sizes.add((hidden, block.get("linear_size", 4 * hidden), block.get("dropout_rate", 0.0)))
-        num = block.get("num_blocks", 1)
-        if not isinstance(num, int) or num < 1:
-            raise ValueError(f"encoder_conf.body_conf block {i} (rwkv): num_blocks must be a positive int, got {num!r}")
-        total += num
-    if len(sizes) != 1:
-        raise ValueError(
-            "encoder_conf.body_conf: all rwkv blocks must share hidden_size, linear_size and "
-            f"dropout_rate, got {sorted(sizes)}"
-        )
-    hidden, linear, dropout = sizes.pop()
-    return hidden, linear, dropout, total
-
-
-def _input_block_conf(input_conf: Dict[str, Any], hidden_size: int) -> Dict[str, Any]:
-    """ESPnet's ConvInput configuration for an input block feeding ``hidden_size``."""
-    unknown = set(input_conf) - _INPUT_OPTIONS
-    if unknown:
-        raise ValueError(f"encoder_conf.input_conf: unknown option(s) {sorted(unknown)}; allowed: {sorted(_INPUT_OPTIONS)}")
-    vgg_like = input_conf.get("vgg_like", False)
-    factor = input_conf.get("subsampling_factor", 4)
-    allowed = (4, 6) if vgg_like else (2, 4, 6)
-    if factor not in allowed:
-        raise ValueError(f"encoder_conf.input_conf: subsampling_factor must be one of {allowed}, got {factor}")
-    conv_size = input_conf.get("conv_size", (64, 128) if vgg_like else hidden_size)
-    if vgg_like and isinstance(conv_size, int):
-        conv_size = (conv_size, conv_size)
-    return {"vgg_like": vgg_like, "subsampling_factor": factor, "conv_size": conv_size, "output_size": hidden_size}
 
 
 class RWKVEncoder(Encoder):
@@ -106,11 +60,9 @@ class RWKVEncoder(Encoder):
     @typechecked
     def __init__(self, input_size: int, body_conf: List[Dict[str, Any]], input_conf: Dict[str, Any] = {}):
         torch.nn.Module.__init__(self)
-        hidden, linear, dropout, num_blocks = _check_body(body_conf)
-        self.embed = build_input_block(input_size, _input_block_conf(input_conf, hidden))
-        self.blocks = torch.nn.ModuleList(
-            RWKVBlock(hidden, linear, i, num_blocks, dropout) for i in range(num_blocks)
-        )
+        hidden, linear, dropout, num_blocks = check_body(body_conf)
+        self.embed = build_input_block(input_size, input_block_conf(input_conf, hidden))
+        self.blocks = torch.nn.ModuleList(RWKVBlock(hidden, linear, i, num_blocks, dropout) for i in range(num_blocks))
         self.after_norm = torch.nn.LayerNorm(hidden)
         self.input_size = input_size
         # Input frames that each subsampled frame reads; what streaming must wait for.
@@ -140,8 +92,7 @@ class RWKVEncoder(Encoder):
         short, limit = check_short_utt(self.embed.subsampling_factor, x.size(1))
         if short:
             raise TooShortUttError(
-                f"has {x.size(1)} frames and is too short for subsampling "
-                f"(it needs more than {limit} frames)",
+                f"has {x.size(1)} frames and is too short for subsampling (it needs more than {limit} frames)",
                 x.size(1),
                 limit,
             )
@@ -153,8 +104,8 @@ class RWKVEncoder(Encoder):
             new_states.append(state)
         return self.after_norm(x), mask.eq(0).sum(1), new_states
 
-    # Streaming (NOTES.md §3). Two callers, two protocols:
-    # - ``stream_forward``: the exact path (espnet_rwkv.asr.streaming). Each call
+    # Streaming (docs/streaming.md). Two callers, two protocols:
+    # - ``stream_forward``: the exact path (espnet_rwkv.asr.recognizer). Each call
     #   brings only feature frames not given before; outputs equal ``forward``'s.
     # - ``chunk_forward``: ESPnet's ``Speech2Text(streaming=True)``, whose
     #   OnlineAudioProcessor repeats the previous window's last frames at the
@@ -210,7 +161,7 @@ class RWKVEncoder(Encoder):
         if end > first:
             base = cache.feats_start // field.stride  # global index of the buffer's output 0
             out, _ = self.embed(feats)
-            out = out[:, first - base: end - base]
+            out = out[:, first - base : end - base]
             if out.size(1) != end - first:
                 raise RuntimeError(f"subsampling gave {out.size(1)} frames where {end - first} were due")
             out = out[0]
@@ -223,7 +174,7 @@ class RWKVEncoder(Encoder):
             return out
         # Keep the input frames from the stride-aligned start of output end's receptive field.
         start = max(0, (field.stride * end - field.pad) // field.stride * field.stride)
-        cache.feats = feats[:, start - cache.feats_start:]
+        cache.feats = feats[:, start - cache.feats_start :]
         cache.feats_start, cache.frames_in, cache.frames_out = start, frames_in, end
         return out
 
@@ -241,7 +192,7 @@ class RWKVEncoder(Encoder):
         if shorter); those are dropped and the rest streamed (``stream_forward``).
         ESPnet's windows leave out one feature frame at every boundary and pad
         the final window with zeros, and ESPnet never says which window is the
-        final one, so this path cannot be exact: ``espnet_rwkv.asr.streaming``
+        final one, so this path cannot be exact: ``espnet_rwkv.asr.recognizer``
         is. ``x_len`` (= T_in), ``processed_frames`` and ``left_context`` are
         not needed.
         """
@@ -273,46 +224,3 @@ class _StreamCache:
     frames_in: int = 0  # input frames received
     frames_out: int = 0  # output frames returned
     espnet_window: int = 0  # length of ESPnet's previous window (chunk_forward only)
-
-
-@dataclass(frozen=True)
-class ReceptiveField:
-    """Output frame t of a subsampling reads input frames ``stride*t - pad ... stride*t - pad + size - 1``.
-
-    ``pad`` frames before the input are zero padding (convolutions) or ignored
-    (pooling); so are those past its end.
-    """
-
-    stride: int
-    pad: int
-    size: int
-
-    @property
-    def lookahead(self) -> int:
-        """Input frames after output t's own ``stride*t ... stride*t + stride - 1`` that it reads."""
-        return self.size - self.pad - self.stride
-
-
-def receptive_field(conv: torch.nn.Sequential) -> ReceptiveField:
-    """Compose the time axis (dim 2 of (B, 1, T, F)) of ConvInput's Conv2d / MaxPool2d / ReLU stack.
-
-    ESPnet's conv2d subsampling by 4 (``vgg_like: false``) gives stride 4, pad 0,
-    size 7: 3 frames (30 ms) of lookahead. The VGG-like one gives stride 4,
-    pad 3, size 16: 9 frames (90 ms).
-    """
-    stride, pad, size = 1, 0, 1
-    for layer in conv:
-        if isinstance(layer, torch.nn.ReLU):
-            continue
-        if not isinstance(layer, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
-            raise TypeError(f"receptive_field: unsupported subsampling layer {layer}")
-        kernel, step, padding, dilation = (
-            p if isinstance(p, int) else p[0]
-            for p in (layer.kernel_size, layer.stride, layer.padding, layer.dilation)
-        )
-        if dilation != 1:
-            raise TypeError(f"receptive_field: dilated layer {layer}")
-        pad += stride * padding
-        size += stride * (kernel - 1)
-        stride *= step
-    return ReceptiveField(stride, pad, size)

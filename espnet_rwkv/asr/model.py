@@ -6,18 +6,19 @@
   - ``espnet``: ESPnet's own path (warp-transducer, or k2 with ``use_k2_pruned_loss``).
 Everything else (auxiliary CTC / LM losses, validation CER/WER) is ESPnet's.
 """
+
 import inspect
 import logging
 from typing import Dict, Tuple
 
 import torch
 import torchaudio
-from torch.amp import autocast
-from typeguard import typechecked
-
 from espnet2.asr_transducer.espnet_transducer_model import ESPnetASRTransducerModel
 from espnet2.asr_transducer.utils import get_transducer_task_io
 from espnet2.torch_utils.device_funcs import force_gatherable
+from torch.amp import autocast
+from typeguard import typechecked
+
 from espnet_rwkv.asr.bat_loss import BATLoss
 
 TRANSDUCER_LOSSES = ("rnnt", "bat", "espnet")
@@ -45,7 +46,9 @@ class TransducerModel(ESPnetASRTransducerModel):
         if self.use_k2_pruned_loss and transducer_loss != "espnet":
             raise ValueError("model_conf.use_k2_pruned_loss needs transducer_loss: espnet")
         if self.fastemit_lambda > 0 and transducer_loss != "espnet":
-            raise ValueError("model_conf.fastemit_lambda is only supported by transducer_loss: espnet (warp-transducer)")
+            raise ValueError(
+                "model_conf.fastemit_lambda is only supported by transducer_loss: espnet (warp-transducer)"
+            )
         self.transducer_loss = transducer_loss
         if transducer_loss == "bat":
             self.bat = BATLoss(self.encoder.output_size, **bat_conf)

@@ -6,13 +6,15 @@ Both mixers read the previous frame ("token shift"); with the WKV state that
 is everything a block carries from one chunk to the next, a fixed
 (B, 5, C) per block whatever the audio length.
 """
+
 from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from espnet_rwkv.ops import wkv
-from espnet_rwkv.ops.wkv import EMPTY_P, empty_state
+from espnet_rwkv.ops.wkv import empty_state
+from espnet_rwkv.ops.wkv.chunk import wkv_chunk, wkv_chunk_masks
 
 # Block state layout along dim 1: [time-mix x_prev, wkv a, wkv b, wkv p, channel-mix x_prev].
 STATE_ROWS = 5
@@ -47,8 +49,8 @@ class TimeMix(nn.Module):
         self.time_decay = nn.Parameter(-5 + 8 * channel ** (0.7 + 1.3 * depth))
         zigzag = ((torch.arange(size) + 1) % 3 - 1).float() * 0.5
         self.time_first = nn.Parameter(torch.full((size,), torch.log(torch.tensor(0.3)).item()) + zigzag)
-        self.mix_k = nn.Parameter(ramp ** shallow)
-        self.mix_v = nn.Parameter(ramp ** shallow + 0.3 * depth)
+        self.mix_k = nn.Parameter(ramp**shallow)
+        self.mix_v = nn.Parameter(ramp**shallow + 0.3 * depth)
         self.mix_r = nn.Parameter(ramp ** (0.5 * shallow))
         self.key = nn.Linear(size, size, bias=False)
         self.value = nn.Linear(size, size, bias=False)
@@ -73,8 +75,8 @@ class ChannelMix(nn.Module):
         super().__init__()
         shallow = 1.0 - block_id / num_blocks
         ramp = _channel_ramp(size)
-        self.mix_k = nn.Parameter(ramp ** shallow)
-        self.mix_r = nn.Parameter(ramp ** shallow)
+        self.mix_k = nn.Parameter(ramp**shallow)
+        self.mix_r = nn.Parameter(ramp**shallow)
         self.key = nn.Linear(size, linear_size, bias=False)
         self.receptance = nn.Linear(size, size, bias=False)
         self.value = nn.Linear(linear_size, size, bias=False)
@@ -176,52 +178,3 @@ class StreamingBlock:
         if T not in self._wkv_masks:
             self._wkv_masks[T] = wkv_chunk_masks(self.decay, self.bonus, T)
         return self._wkv_masks[T]
-
-
-_EXP_FLOOR = -80.0
-
-
-def wkv_chunk_masks(w: torch.Tensor, u: torch.Tensor, T: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Exponent offsets of one chunk of T frames for ``wkv_chunk``, rows t = 0..T (row T: the new state).
-
-    Returns:
-        frames: (T+1, T, C) float32: ``(t-1-i) w`` for source frame i < t, ``u`` for i = t,
-            ``EMPTY_P`` (no weight) for i > t.
-        carried: (T+1, C) float32: ``t w``, the decay of the state carried into the chunk.
-    """
-    t = torch.arange(T + 1, dtype=torch.float32, device=w.device)[:, None]
-    i = torch.arange(T, dtype=torch.float32, device=w.device)[None, :]
-    lag = (t - 1 - i)[..., None]  # (T+1, T, 1)
-    frames = torch.where(lag >= 0, lag * w, torch.where(lag == -1, u.expand(1, 1, -1), EMPTY_P))
-    return frames, t * w
-
-
-def wkv_chunk(
-    k: torch.Tensor, v: torch.Tensor, state: torch.Tensor, frames: torch.Tensor, carried: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """WKV of one short chunk (batch 1) in one masked weighting; equals ``espnet_rwkv.ops.wkv``.
-
-    Row t of the (T+1, T) weighting is output t (rows 0..T-1) or the state
-    after the chunk (row T); every row also weighs the carried state, and
-    is taken relative to its maximum exponent (NOTES.md §1 numerics).
-
-    Args:
-        k, v: (T, C) float32.
-        state: (3, C) float32 (a, b, p) before the chunk.
-        frames, carried: from ``wkv_chunk_masks(w, u, T)``.
-    Returns:
-        y (T, C) and the state after the chunk (3, C).
-    """
-    a, b, p = state
-    e_frames = k + frames  # (T+1, T, C)
-    e_state = p + carried  # (T+1, C)
-    q = torch.maximum(e_frames.amax(dim=1), e_state)
-    # Relative weights below e^-80 (masked sources, long-decayed ones) are floored there: on
-    # CPUs exp is ~20x slower for results that underflow float32, and 1.8e-35 next to a
-    # weight of 1 changes nothing in float32.
-    weight = torch.exp((e_frames - q[:, None]).clamp_min_(_EXP_FLOOR))
-    weight_state = torch.exp((e_state - q).clamp_min_(_EXP_FLOOR))
-    num = torch.addcmul((weight * v).sum(dim=1), weight_state, a)
-    den = torch.addcmul(weight.sum(dim=1), weight_state, b)
-    T = k.size(0)
-    return num[:T] / den[:T], torch.stack([num[T], den[T], q[T]])

@@ -1,4 +1,10 @@
-"""Torch-only operators of espnet_rwkv: nothing here imports ESPnet."""
+"""Torch-only operators of espnet_rwkv: nothing here imports ESPnet.
+
+One folder per op (``wkv``, ``pruned_rnnt``, ``bat_ranges``), each with the same file names
+where it has the part: ``kernel.cu``, ``cuda.py``, ``torch_impl.py``, ``autograd.py``,
+``chunk.py``, ``reference.py``. ``extension`` is the one loader of the kernels.
+"""
+
 from espnet_rwkv.ops.bat_ranges import bat_ranges
 from espnet_rwkv.ops.pruned_rnnt import pruned_rnnt_loss
 from espnet_rwkv.ops.wkv import wkv

@@ -13,13 +13,19 @@ struct dim3 {
   unsigned x, y, z;
   dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
 };
-struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
 
 namespace emu {
 struct Block {
   explicit Block(int n) : bar(n), pending(n) {}
   std::barrier<> bar;
-  struct Copy { void* dst; const void* src; size_t n; };
+  struct Copy {
+    void* dst;
+    const void* src;
+    size_t n;
+  };
   std::vector<std::vector<Copy>> pending;
 };
 inline thread_local dim3 tIdx, bIdx;
@@ -32,7 +38,8 @@ template <typename Kernel, typename... Args>
 void launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, Args... args) {
   const int n = block.x * block.y * block.z;
   std::vector<float4> dyn(smem / 16 + 1);
-  bDim = block; gDim = grid;
+  bDim = block;
+  gDim = grid;
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
@@ -77,14 +84,23 @@ inline at::TensorBase empty_cuda_poisoned(at::IntArrayRef sizes, at::ScalarType 
 inline void __syncthreads() { emu::blk->bar.arrive_and_wait(); }
 inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }
-inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
-inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
+inline float __int_as_float(int i) {
+  float f;
+  std::memcpy(&f, &i, 4);
+  return f;
+}
+inline int __float_as_int(float f) {
+  int i;
+  std::memcpy(&i, &f, 4);
+  return i;
+}
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 // Shared-window addresses are byte offsets into the block's dynamic shared memory, where all
 // staging goes.
 inline unsigned smem_addr(const void* p) {
-  return static_cast<unsigned>(static_cast<const char*>(p) - reinterpret_cast<const char*>(emu::g_dyn));
+  return static_cast<unsigned>(static_cast<const char*>(p) -
+                               reinterpret_cast<const char*>(emu::g_dyn));
 }
 inline void cp_async(unsigned dst, const void* src, size_t n) {
   emu::blk->pending[emu::tid()].push_back({reinterpret_cast<char*>(emu::g_dyn) + dst, src, n});

@@ -1,4 +1,4 @@
-"""Runs cuda_ext/wkv.cu's kernels on the CPU, for checking kernel logic without a GPU.
+"""Runs espnet_rwkv/ops/wkv/kernel.cu's kernels on the CPU, for checking kernel logic without a GPU.
 
     PYTHONPATH=. python tools/wkv_emu/emulate.py tests   # test/test_wkv_cuda.py, on the emulator
     PYTHONPATH=. python tools/wkv_emu/emulate.py asan    # bench/wkv_sanitize.py's cases under ASan
@@ -10,6 +10,7 @@ only at the wait, dynamic shared memory and outputs start as NaN. Exact expf and
 division stand in for __expf and __fdividef. Slow (the T=16384 test takes minutes),
 and it checks logic, not speed or the GPU's memory model.
 """
+
 import importlib
 import os
 import re
@@ -29,13 +30,18 @@ void launch(dim3 grid, dim3 block, size_t smem, Args... args) {
 """
 
 
-def build(src=ROOT / "cuda_ext" / "wkv.cu", name="wkv_emu", asan=False):
+def build(src=ROOT / "espnet_rwkv" / "ops" / "wkv" / "kernel.cu", name="wkv_emu", asan=False):
     """The emulated extension module (the same `wkv` as the CUDA one)."""
     from torch.utils.cpp_extension import load
 
     s = Path(src).read_text()
-    for inc in ("#include <c10/cuda/CUDAStream.h>\n", "#include <c10/cuda/CUDAGuard.h>\n",
-                "#include <ATen/cuda/EmptyTensor.h>\n", "#include <cuda.h>\n", "#include <cudaTypedefs.h>\n"):
+    for inc in (
+        "#include <c10/cuda/CUDAStream.h>\n",
+        "#include <c10/cuda/CUDAGuard.h>\n",
+        "#include <ATen/cuda/EmptyTensor.h>\n",
+        "#include <cuda.h>\n",
+        "#include <cudaTypedefs.h>\n",
+    ):
         s = s.replace(inc, "")
     s = s.replace("#include <torch/extension.h>\n", '#include <torch/extension.h>\n#include "cuda_emu.h"\n')
     start = s.index("__device__ __forceinline__ void cp_async16")
@@ -54,8 +60,14 @@ def build(src=ROOT / "cuda_ext" / "wkv.cu", name="wkv_emu", asan=False):
     out = build_dir / f"{name}.cpp"
     out.write_text(s)
     flags = ["-std=c++20", "-O2", "-pthread"] + (["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else [])
-    return load(name=name, sources=[str(out)], extra_include_paths=[str(HERE)], extra_cflags=flags,
-                extra_ldflags=["-pthread"] + (["-fsanitize=address"] if asan else []), verbose=False)
+    return load(
+        name=name,
+        sources=[str(out)],
+        extra_include_paths=[str(HERE)],
+        extra_cflags=flags,
+        extra_ldflags=["-pthread"] + (["-fsanitize=address"] if asan else []),
+        verbose=False,
+    )
 
 
 def route_cuda_backend_to(module):
@@ -63,12 +75,16 @@ def route_cuda_backend_to(module):
     importlib.import_module("espnet_rwkv.ops.wkv.cuda")._extension = lambda: module
 
 
-CONFTEST = f"""
+# The repository's test/conftest.py (its helpers), then the emulator in place of the extension.
+CONFTEST = (
+    (ROOT / "test" / "conftest.py").read_text()
+    + f"""
 import sys
-sys.path[:0] = [{str(ROOT / 'test')!r}, {str(HERE)!r}]
+sys.path[:0] = [{str(ROOT / "test")!r}, {str(HERE)!r}]
 from emulate import build, route_cuda_backend_to
 route_cuda_backend_to(build())
 """
+)
 
 
 def run_tests(pytest_args):

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # RWKV-BAT against ESPnet's chunk conformer transducer on LibriSpeech train-clean-100, the comparison
 # of An & Zhang (arXiv 2309.14758): ~86 M parameters each, decoded streaming at 160/320/640 ms windows
-# and full utterance. Stages and options as in ../../synth_en/asr1/run.sh (../../asr_systems.sh):
+# and full utterance. Stages and options as in ../../synth_en/asr1/run.sh (../../TEMPLATE/asr1/asr_systems.sh):
 #   ./run.sh                                   # everything, both systems, on one GPU
 #   ./run.sh --stop_stage 10                   # then one system per GPU:
 #   CUDA_VISIBLE_DEVICES=0 ./run.sh --stage 11 --systems rwkv_bat &
 #   CUDA_VISIBLE_DEVICES=1 ./run.sh --stage 11 --systems conformer_chunk &
-# Needs: ESPnet's scripts and its librispeech_100 recipe (ESPNET_ROOT, see ../../setup_recipe.sh),
+# Needs: ESPnet's scripts and its librispeech_100 recipe (ESPNET_ROOT, see ../../TEMPLATE/asr1/setup_recipe.sh),
 # LibriSpeech in $LIBRISPEECH (db.sh; downloaded there otherwise), the flac program.
 # Not run by this project (no corpus, no GPU in CI); test/test_recipe.py builds both configs and steps them.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-[ -x asr.sh ] || ../../setup_recipe.sh .
+[ -x asr.sh ] || ../../TEMPLATE/asr1/setup_recipe.sh .
 . ./path.sh
 
 asr_opts=(
@@ -34,5 +34,5 @@ train_args=""
 plot_opts=(--metric wer --test_sets "test_clean test_other")
 corpus=librispeech_100 lang=en
 
-. ../../asr_systems.sh
+. ../../TEMPLATE/asr1/asr_systems.sh
 run_systems "$@"

@@ -1,8 +1,3 @@
-# Environment for asr.sh: the repository's .venv (made by ../../../setup.sh), Kaldi's utils, sclite.
-# Resolved through links: recipes that link this file, and ../../espnet_data_prep.sh's view of a recipe.
-repo_root=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../.." && pwd)
-. "${repo_root}/.venv/bin/activate"
-export PATH=$PWD/utils:/usr/lib/sctk/bin:$PATH
-export LC_ALL=C
-export PYTHONIOENCODING=UTF-8
-export OMP_NUM_THREADS=1
+# Environment for asr.sh: the one shared by every recipe, in ../../TEMPLATE/asr1/path.sh. Resolved through
+# links, so that it also holds in ../../TEMPLATE/asr1/espnet_data_prep.sh's view of this recipe.
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../TEMPLATE/asr1/path.sh"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # RWKV-BAT next to ESPnet's built-in chunk conformer transducer, on English synthesized offline.
-# Every stage is ESPnet's asr.sh (driven by ../../asr_systems.sh); the plugin enters through --python.
+# Every stage is ESPnet's asr.sh (driven by ../../TEMPLATE/asr1/asr_systems.sh); the plugin enters through --python.
 #   ./run.sh                              # data, tokens, statistics; both systems trained, decoded
 #                                         # (full utterance; streaming at 160/320/640 ms), scored, packed;
 #                                         # RESULTS.md and wer_vs_latency.png
@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-[ -x asr.sh ] || ../../setup_recipe.sh .
+[ -x asr.sh ] || ../../TEMPLATE/asr1/setup_recipe.sh .
 . ./path.sh
 
 # Parallel jobs: one a core, up to 16 (nproc would count path.sh's OMP_NUM_THREADS=1 as one core).
@@ -51,5 +51,5 @@ declare -A decodes=(
 plot_opts=(--metric wer --test_sets test)
 corpus=synth_en lang=en
 
-. ../../asr_systems.sh
+. ../../TEMPLATE/asr1/asr_systems.sh
 run_systems "$@"

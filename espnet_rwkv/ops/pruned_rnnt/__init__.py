@@ -1,10 +1,14 @@
 """RNN-T loss over a pruned lattice (k2's pruned-loss shape; BAT, arXiv 2305.11571).
 
-``pruned_rnnt_loss`` is the one public function.
+``pruned_rnnt_loss`` is the one public function (docs/bat.md). The folder, as every op's:
+``kernel.cu`` (the CUDA lattice DP, docs/kernels.md), ``cuda.py`` (the call into it),
+``torch_impl.py`` (the same DP in PyTorch) and ``autograd.py`` (the two differentiable
+steps). The tests' reference is torchaudio's full ``rnnt_loss``.
 """
+
 import torch
 
-from espnet_rwkv.ops import cuda_loader
+from espnet_rwkv.ops import extension
 from espnet_rwkv.ops.pruned_rnnt.autograd import BlankAndLabelLogProbs, LatticeLoss
 from espnet_rwkv.ops.pruned_rnnt.torch_impl import lattice_forward_backward
 
@@ -54,7 +58,7 @@ def pruned_rnnt_loss(
     logit_lengths = logit_lengths.to(device=device, dtype=torch.int64)
     target_lengths = target_lengths.to(device=device, dtype=torch.int64)
     if backend == "auto":
-        backend = "cuda" if logits.is_cuda and cuda_loader.usable("pruned_rnnt") else "torch"
+        backend = "cuda" if logits.is_cuda and extension.usable("pruned_rnnt") else "torch"
     if backend == "cuda":
         from espnet_rwkv.ops.pruned_rnnt.cuda import lattice_forward_backward_cuda as forward_backward
     elif backend == "torch":
@@ -94,12 +98,18 @@ def _check_inputs(logits, targets, ranges, logit_lengths, target_lengths, blank,
     if not logits.is_floating_point():
         raise TypeError(f"pruned_rnnt_loss: logits must be floating point, got {logits.dtype}")
     if ranges.shape != (B, T, S) or ranges.dtype != torch.int64:
-        raise ValueError(f"pruned_rnnt_loss: ranges must be ({B}, {T}, {S}) int64, got {tuple(ranges.shape)} {ranges.dtype}")
+        raise ValueError(
+            f"pruned_rnnt_loss: ranges must be ({B}, {T}, {S}) int64, got {tuple(ranges.shape)} {ranges.dtype}"
+        )
     if targets.dim() != 2 or targets.size(0) != B or targets.is_floating_point():
-        raise ValueError(f"pruned_rnnt_loss: targets must be ({B}, U) integers, got {tuple(targets.shape)} {targets.dtype}")
+        raise ValueError(
+            f"pruned_rnnt_loss: targets must be ({B}, U) integers, got {tuple(targets.shape)} {targets.dtype}"
+        )
     for name, lengths in (("logit_lengths", logit_lengths), ("target_lengths", target_lengths)):
         if lengths.shape != (B,) or lengths.is_floating_point():
-            raise ValueError(f"pruned_rnnt_loss: {name} must be ({B},) integers, got {tuple(lengths.shape)} {lengths.dtype}")
+            raise ValueError(
+                f"pruned_rnnt_loss: {name} must be ({B},) integers, got {tuple(lengths.shape)} {lengths.dtype}"
+            )
     if len({logits.device, targets.device, ranges.device}) != 1:
         raise ValueError("pruned_rnnt_loss: logits, targets and ranges must be on one device")
     if not 0 <= blank < V:

@@ -1,4 +1,5 @@
 """The two differentiable steps of the pruned loss: label scores out of the logits, and the lattice."""
+
 import torch
 
 

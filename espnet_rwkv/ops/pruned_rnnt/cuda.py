@@ -1,7 +1,7 @@
-"""The pruned lattice's forward-backward through the CUDA extension ``cuda_ext/pruned_rnnt.cu``."""
-import torch
+"""The pruned lattice's forward-backward through the CUDA extension ``kernel.cu``
+(loaded by ``espnet_rwkv.ops.extension``)."""
 
-from espnet_rwkv.ops.cuda_loader import extension
+from espnet_rwkv.ops import extension
 
 
 def lattice_forward_backward_cuda(blank, emit, start, logit_lengths, target_lengths):
@@ -16,7 +16,10 @@ def lattice_forward_backward_cuda(blank, emit, start, logit_lengths, target_leng
     """
     if not blank.is_cuda:
         raise ValueError(f"pruned_rnnt: the CUDA backend needs CUDA tensors, got {blank.device}")
-    return extension("pruned_rnnt").forward_backward(
-        blank.contiguous(), emit.contiguous(), start.contiguous(),
-        logit_lengths.contiguous(), target_lengths.contiguous(),
+    return extension.load("pruned_rnnt").forward_backward(
+        blank.contiguous(),
+        emit.contiguous(),
+        start.contiguous(),
+        logit_lengths.contiguous(),
+        target_lengths.contiguous(),
     )

@@ -12,6 +12,7 @@ with alpha(0, 0) = 0 and the final blank out of (T_b - 1, U_b). Within a frame
 the emission chain is a prefix sum, so each frame is one batched log-sum-exp
 over an (S, S) matrix of partial emission sums instead of S sequential steps.
 """
+
 import torch
 
 NEG_INF = float("-inf")

@@ -1,13 +1,22 @@
-"""The WKV operator of RWKV-4 (NOTES.md §1), with streaming state.
+"""The WKV operator of RWKV-4 (docs/rwkv.md), with streaming state.
 
 ``wkv`` is the one public function. CUDA tensors run the CUDA extension,
 everything else the chunked PyTorch implementation; ``backend`` forces one.
+
+One folder, one op:
+
+- ``kernel.cu``: the CUDA kernels, launchers, autograd node and bindings (docs/kernels.md);
+- ``cuda.py``: the call into the compiled kernel (``espnet_rwkv.ops.extension`` loads it);
+- ``torch_impl.py``: the chunk-parallel PyTorch form, any device, autograd through it;
+- ``chunk.py``: the short-chunk streaming form (one stream, inference);
+- ``reference.py``: the float64 direct sums the tests compare every form against.
 """
+
 from typing import Optional, Tuple
 
 import torch
 
-from espnet_rwkv.ops import cuda_loader
+from espnet_rwkv.ops import extension
 from espnet_rwkv.ops.wkv.cuda import wkv_cuda
 from espnet_rwkv.ops.wkv.torch_impl import EMPTY_P, empty_state, wkv_torch
 
@@ -46,7 +55,7 @@ def wkv(
         y: (B, T, C) in the dtype of ``k``; math in float32 (float64 for float64).
         state: (B, 3, C) after the last frame, to pass to the next chunk.
     """
-    if k.is_cuda and backend == "auto" and k.dtype in _KERNEL_DTYPES and cuda_loader.usable("wkv"):
+    if k.is_cuda and backend == "auto" and k.dtype in _KERNEL_DTYPES and extension.usable("wkv"):
         # The streaming step's path, kept to these checks: the step is host-bound, and the
         # extension checks the rest itself, with the same errors.
         return wkv_cuda(time_decay, time_first, k, v, state)
@@ -69,13 +78,9 @@ def wkv(
 
 def _check_inputs(time_decay, time_first, k, v, state):
     if k.dim() != 3 or k.shape != v.shape:
-        raise ValueError(
-            f"wkv: k and v must both be (B, T, C), got {tuple(k.shape)} and {tuple(v.shape)}"
-        )
+        raise ValueError(f"wkv: k and v must both be (B, T, C), got {tuple(k.shape)} and {tuple(v.shape)}")
     if k.dtype != v.dtype or k.dtype not in _IO_DTYPES:
-        raise TypeError(
-            f"wkv: k and v must share one of {_IO_DTYPES}, got {k.dtype} and {v.dtype}"
-        )
+        raise TypeError(f"wkv: k and v must share one of {_IO_DTYPES}, got {k.dtype} and {v.dtype}")
     B, _, C = k.shape
     for name, param in (("time_decay", time_decay), ("time_first", time_first)):
         if param.shape != (C,):
@@ -86,6 +91,4 @@ def _check_inputs(time_decay, time_first, k, v, state):
     if state is not None:
         want = torch.float64 if k.dtype == torch.float64 else torch.float32
         if state.shape != (B, 3, C) or state.dtype != want:
-            raise ValueError(
-                f"wkv: state must be ({B}, 3, {C}) {want}, got {tuple(state.shape)} {state.dtype}"
-            )
+            raise ValueError(f"wkv: state must be ({B}, 3, {C}) {want}, got {tuple(state.shape)} {state.dtype}")

@@ -1,10 +1,11 @@
-"""WKV through the CUDA extension ``cuda_ext/wkv.cu``.
+"""WKV through the CUDA extension ``kernel.cu`` (loaded by ``espnet_rwkv.ops.extension``).
 
 The extension checks its inputs, does the casts, -exp(time_decay) and the sum of the
 parameter gradients over the batch itself, and holds the autograd node in C++: one
 C++ call per direction, and the backward never enters Python.
 """
-from espnet_rwkv.ops.cuda_loader import extension
+
+from espnet_rwkv.ops import extension
 
 _ext = None
 
@@ -12,7 +13,7 @@ _ext = None
 def _extension():
     global _ext
     if _ext is None:
-        _ext = extension("wkv")
+        _ext = extension.load("wkv")
     return _ext
 
 

@@ -3,4 +3,4 @@
 # prepared by ESPnet's own librispeech_100 recipe (its local/data.sh; options go to it: run.sh passes
 # --stop_stage 3, as stage 4 fetches LM text that no system here uses). Downloads into $LIBRISPEECH
 # (db.sh) unless LibriSpeech is there already; wav.scp decodes with the flac program.
-exec "$(dirname "$0")/../../../espnet_data_prep.sh" librispeech_100 "$@"
+exec "$(dirname "$0")/../../../TEMPLATE/asr1/espnet_data_prep.sh" librispeech_100 "$@"

@@ -7,6 +7,7 @@ never used for train or dev. Every choice (sentence, voice, rate, pitch,
 tempo, gain, noise) comes from --seed and the utterance's index, so a rerun
 writes the same bytes; finished wavs are kept, so an interrupted run resumes.
 """
+
 import argparse
 import os
 import random
@@ -15,8 +16,8 @@ import subprocess
 import sys
 import tempfile
 from multiprocessing import Pool
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile
@@ -93,13 +94,38 @@ def synthesize(item: Utterance, wav_dir: Path, perturb: bool) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
         if engine == "espeak":
-            cmd = ["espeak-ng", "-v", voice, "-s", str(rng.randint(130, 190)), "-p", str(rng.randint(30, 70)), "-w", raw, sentence.lower()]
+            cmd = [
+                "espeak-ng",
+                "-v",
+                voice,
+                "-s",
+                str(rng.randint(130, 190)),
+                "-p",
+                str(rng.randint(30, 70)),
+                "-w",
+                raw,
+                sentence.lower(),
+            ]
         else:
-            cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={rng.uniform(0.85, 1.15):.3f}", "-t", sentence.lower(), "-o", raw]
+            cmd = [
+                "flite",
+                "-voice",
+                voice,
+                "--setf",
+                f"duration_stretch={rng.uniform(0.85, 1.15):.3f}",
+                "-t",
+                sentence.lower(),
+                "-o",
+                raw,
+            ]
         subprocess.run(cmd, check=True, capture_output=True)
         effects = ["tempo", f"{rng.uniform(0.9, 1.1):.3f}", "gain", f"{rng.uniform(-6, 0):.2f}"] if perturb else []
         resampled = Path(tmp) / "16k.wav"  # -R -D: no random dither, so a rerun writes the same bytes
-        subprocess.run(["sox", "-R", "-D", raw, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", resampled, *effects], check=True, capture_output=True)
+        subprocess.run(
+            ["sox", "-R", "-D", raw, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", resampled, *effects],
+            check=True,
+            capture_output=True,
+        )
         audio, rate = soundfile.read(resampled, dtype="float32")
         if perturb:
             snr_db = rng.uniform(20, 40)

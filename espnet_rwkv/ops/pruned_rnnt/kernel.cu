@@ -3,9 +3,9 @@
 //
 // Utterance b has frames t < T_b and, at frame t, the window of S labels
 // u = start[t] + s. With slots s instead of labels and d_t = start[t] - start[t-1]:
-//   alpha(t, s) = logaddexp(alpha(t-1, s + d_t) + blank(t-1, s + d_t), alpha(t, s-1) + emit(t, s-1))
-//   beta(t, s)  = logaddexp(blank(t, s) + next(t, s), emit(t, s) + beta(t, s+1))
-//   next(t, s)  = beta(t+1, s - d_{t+1}), or at the last frame 0 in the slot of U_b.
+//   alpha(t, s) = logaddexp(alpha(t-1, s + d_t) + blank(t-1, s + d_t), alpha(t, s-1) + emit(t,
+//   s-1)) beta(t, s)  = logaddexp(blank(t, s) + next(t, s), emit(t, s) + beta(t, s+1)) next(t, s)
+//   = beta(t+1, s - d_{t+1}), or at the last frame 0 in the slot of U_b.
 // Time is serial; within a frame each recursion is x_s = logaddexp(e_s, c_s + x_{s-1}),
 // a chain of maps x -> logaddexp(e, c + x) that compose into maps of the same
 // form, so one warp per utterance and direction (alpha or beta) scans a frame's
@@ -36,13 +36,13 @@ __device__ __forceinline__ acc_t log_add(acc_t a, acc_t b) {
 
 template <typename scalar_t>
 struct Lattice {
-  const scalar_t* blank;     // (B, T, S)
-  const scalar_t* emit;      // (B, T, S)
-  const int64_t* start;      // (B, T)
-  const int64_t* t_len;      // (B,)
-  const int64_t* u_len;      // (B,)
-  scalar_t* alpha;           // (B, T, S)
-  scalar_t* beta;            // (B, T, S)
+  const scalar_t* blank;  // (B, T, S)
+  const scalar_t* emit;   // (B, T, S)
+  const int64_t* start;   // (B, T)
+  const int64_t* t_len;   // (B,)
+  const int64_t* u_len;   // (B,)
+  scalar_t* alpha;        // (B, T, S)
+  scalar_t* beta;         // (B, T, S)
   int B, T, S;
 };
 
@@ -70,8 +70,9 @@ __device__ __forceinline__ acc_t chain_tile(acc_t e, acc_t c, acc_t carry, int l
 
 // next(t, s) from beta(t+1, .) in `later` (shared memory), at frame t < T_b.
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t next_from(const Lattice<scalar_t>& L, const int64_t* start, int64_t last,
-                                           int64_t U_b, int t, int s, const acc_t* later) {
+__device__ __forceinline__ acc_t next_from(const Lattice<scalar_t>& L, const int64_t* start,
+                                           int64_t last, int64_t U_b, int t, int s,
+                                           const acc_t* later) {
   if (t == last) return (start[t] + s == U_b) ? acc_t(0) : acc_t(-INFINITY);
   const int64_t j = s - (start[t + 1] - start[t]);
   return (j >= 0 && j < L.S) ? later[j] : acc_t(-INFINITY);
@@ -135,7 +136,8 @@ __global__ void alpha_beta_kernel(Lattice<scalar_t> L) {
         const int64_t i = static_cast<int64_t>(t) * S + s;
         acc_t e = neg_inf, c = neg_inf, x;
         if (s >= 0 && t < T_b) {
-          e = static_cast<acc_t>(blank[i]) + next_from<scalar_t, acc_t>(L, start, last, U_b, t, s, later);
+          e = static_cast<acc_t>(blank[i]) +
+              next_from<scalar_t, acc_t>(L, start, last, U_b, t, s, later);
           if (s + 1 < S) c = static_cast<acc_t>(emit[i]);
         }
         carry = chain_tile(e, c, carry, lane, x);
@@ -163,8 +165,8 @@ __device__ __forceinline__ double next_beta(const Lattice<scalar_t>& L, int b, i
 
 // Occupations exp(alpha + move + beta_after - log_z); zero for utterances with no path.
 template <typename scalar_t>
-__global__ void occupation_kernel(Lattice<scalar_t> L, const scalar_t* log_z,
-                                  scalar_t* blank_occ, scalar_t* emit_occ) {
+__global__ void occupation_kernel(Lattice<scalar_t> L, const scalar_t* log_z, scalar_t* blank_occ,
+                                  scalar_t* emit_occ) {
   const int64_t n = static_cast<int64_t>(L.B) * L.T * L.S;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -179,7 +181,8 @@ __global__ void occupation_kernel(Lattice<scalar_t> L, const scalar_t* log_z,
     }
     const double a = static_cast<double>(L.alpha[i]);
     const double after_emit = s + 1 < L.S ? static_cast<double>(L.beta[i + 1]) : -INFINITY;
-    blank_occ[i] = static_cast<scalar_t>(exp(a + static_cast<double>(L.blank[i]) + next_beta(L, b, t, s) - z));
+    blank_occ[i] =
+        static_cast<scalar_t>(exp(a + static_cast<double>(L.blank[i]) + next_beta(L, b, t, s) - z));
     emit_occ[i] = static_cast<scalar_t>(exp(a + static_cast<double>(L.emit[i]) + after_emit - z));
   }
 }
@@ -187,15 +190,17 @@ __global__ void occupation_kernel(Lattice<scalar_t> L, const scalar_t* log_z,
 void check(const torch::Tensor& x, const char* name, int dim) {
   TORCH_CHECK(x.is_cuda(), "pruned_rnnt: ", name, " must be a CUDA tensor");
   TORCH_CHECK(x.is_contiguous(), "pruned_rnnt: ", name, " must be contiguous");
-  TORCH_CHECK(x.dim() == dim, "pruned_rnnt: ", name, " must have ", std::to_string(dim), " dims, got ",
+  TORCH_CHECK(x.dim() == dim, "pruned_rnnt: ", name, " must have ", std::to_string(dim),
+              " dims, got ",
               std::to_string(x.dim()));  // integers as text: see wkv.cu
 }
 
 }  // namespace
 
 // Returns log_z (B,), and the occupation of every blank and emit move, (B, T, S) each.
-std::vector<torch::Tensor> forward_backward(torch::Tensor blank, torch::Tensor emit, torch::Tensor start,
-                                            torch::Tensor logit_lengths, torch::Tensor target_lengths) {
+std::vector<torch::Tensor> forward_backward(torch::Tensor blank, torch::Tensor emit,
+                                            torch::Tensor start, torch::Tensor logit_lengths,
+                                            torch::Tensor target_lengths) {
   check(blank, "blank", 3);
   check(emit, "emit", 3);
   check(start, "start", 2);
@@ -224,9 +229,16 @@ std::vector<torch::Tensor> forward_backward(torch::Tensor blank, torch::Tensor e
   const auto stream = at::cuda::getCurrentCUDAStream();
   torch::Tensor log_z;
   AT_DISPATCH_FLOATING_TYPES(blank.scalar_type(), "pruned_rnnt_forward_backward", [&] {
-    Lattice<scalar_t> L{blank.data_ptr<scalar_t>(), emit.data_ptr<scalar_t>(), start.data_ptr<int64_t>(),
-                        logit_lengths.data_ptr<int64_t>(), target_lengths.data_ptr<int64_t>(),
-                        alpha.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(), B, T, S};
+    Lattice<scalar_t> L{blank.data_ptr<scalar_t>(),
+                        emit.data_ptr<scalar_t>(),
+                        start.data_ptr<int64_t>(),
+                        logit_lengths.data_ptr<int64_t>(),
+                        target_lengths.data_ptr<int64_t>(),
+                        alpha.data_ptr<scalar_t>(),
+                        beta.data_ptr<scalar_t>(),
+                        B,
+                        T,
+                        S};
     const size_t shared = 4 * static_cast<size_t>(S) * sizeof(scalar_t);
     TORCH_CHECK(shared <= 48 * 1024, "pruned_rnnt: window of ", std::to_string(S),
                 " slots is too wide for shared memory");

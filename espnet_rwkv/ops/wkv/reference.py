@@ -1,4 +1,8 @@
-"""Independent float64 reference for WKV: the plain sums of NOTES.md §1, no recurrence."""
+"""Independent float64 reference for WKV: the plain sums of docs/rwkv.md, no recurrence.
+
+Slow (quadratic in T) and for tests only; nothing in the package calls it.
+"""
+
 import torch
 
 
@@ -17,7 +21,7 @@ def wkv_reference(time_decay, time_first, k, v, state=None, rows_per_block=256):
     t_idx = torch.arange(T, dtype=torch.float64)
     ys = []
     for start in range(0, T, rows_per_block):
-        t = t_idx[start:start + rows_per_block]
+        t = t_idx[start : start + rows_per_block]
         lag = t[:, None] - 1 - t_idx[None, :]  # (rows, T)
         exps = k[:, None, :, :] + lag[None, :, :, None] * w  # (B, rows, T, C)
         exps = torch.where((lag >= 0)[None, :, :, None], exps, -torch.inf)
@@ -53,4 +57,3 @@ def wkv_reference(time_decay, time_first, k, v, state=None, rows_per_block=256):
         a = a + state[:, 0].double() * c
         b = b + state[:, 1].double() * c
     return y, torch.stack([a, b, p], dim=1)
-

@@ -1,4 +1,5 @@
-"""Label windows from CIF boundaries (BAT, arXiv 2305.11571, §3.2)."""
+"""Label windows from CIF boundaries (BAT, arXiv 2305.11571, §3.2; docs/bat.md). PyTorch only, no kernel."""
+
 import torch
 
 

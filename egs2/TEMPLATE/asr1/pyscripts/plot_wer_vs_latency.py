@@ -7,6 +7,7 @@ Reads the sclite results of asr.sh's stage 13,
 draws the error rate (sclite's Err column of the Sum/Avg line) at each window,
 full-utterance decoding last.
 """
+
 import argparse
 import os
 import re
@@ -40,7 +41,7 @@ def collect(exp: Path, test_sets, metric: str) -> Dict[Tuple[str, str], Dict[obj
         if match is None or test_set not in test_sets:
             continue
         window = FULL if match.group(1) == FULL else int(match.group(2))
-        curves.setdefault((system_dir[len("asr_"):], test_set), {})[window] = error_rate(result)
+        curves.setdefault((system_dir[len("asr_") :], test_set), {})[window] = error_rate(result)
     return curves
 
 
@@ -79,7 +80,9 @@ def main():
     args = parser.parse_args()
     curves = collect(args.exp, args.test_sets.split(), args.metric)
     if not curves:
-        parser.error(f"no {args.metric} results under {args.exp}/asr_*/decode_*/{{{args.test_sets}}}/score_{args.metric}")
+        parser.error(
+            f"no {args.metric} results under {args.exp}/asr_*/decode_*/{{{args.test_sets}}}/score_{args.metric}"
+        )
     plot(curves, args.metric, args.out)
     for (system, test_set), points in sorted(curves.items()):
         shown = ", ".join(f"{w}: {points[w]:.1f}" for w in ordered(set(points)))

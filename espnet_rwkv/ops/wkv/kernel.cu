@@ -1,4 +1,5 @@
-// RWKV-4 WKV (NOTES.md §1): forward and backward with a streaming (a, b, p) state.
+// RWKV-4 WKV (docs/rwkv.md; kernel design in docs/kernels.md): forward and backward with a
+// streaming (a, b, p) state.
 //
 // Parallel over time by the associativity of the state update (RWKV paper,
 // arXiv 2305.13048): a block owns 32 channels (one per lane) of one batch row
@@ -41,13 +42,19 @@ constexpr float kEmptyP = -1e38f;  // espnet_rwkv.ops.wkv.EMPTY_P
 constexpr int kLog2Lanes = 5;
 constexpr int kLanes = 1 << kLog2Lanes;  // channels per block, one per lane
 constexpr int kLog2L = 3;
-constexpr int kL = 1 << kLog2L;    // frames per thread row; states are saved every kL frames
-constexpr int kFwdRows = 16;       // most thread rows of the forward (512 threads, 2 blocks/SM)
-constexpr int kFwdMaxLog2R = 4;    // longest forward row: 16 frames
-constexpr int kBwdRows = 8;        // of the backward (more registers per frame)
+constexpr int kL = 1 << kLog2L;  // frames per thread row; states are saved every kL frames
+constexpr int kFwdRows = 16;     // most thread rows of the forward (512 threads, 2 blocks/SM)
+constexpr int kFwdMaxLog2R = 4;  // longest forward row: 16 frames
+constexpr int kBwdRows = 8;      // of the backward (more registers per frame)
 
-template <typename T> __device__ __forceinline__ float to_f(T x) { return static_cast<float>(x); }
-template <typename T> __device__ __forceinline__ T from_f(float x) { return static_cast<T>(x); }
+template <typename T>
+__device__ __forceinline__ float to_f(T x) {
+  return static_cast<float>(x);
+}
+template <typename T>
+__device__ __forceinline__ T from_f(float x) {
+  return static_cast<T>(x);
+}
 
 // c1 = e^{x1 - m}, c2 = e^{x2 - m} with m = max(x1, x2): one of them is 1, so one exp.
 // Returns whether x1 is the max (c1 = 1); callers take the max and the argmax from it too, so
@@ -75,8 +82,8 @@ __device__ __forceinline__ void unpack_factors(float f, float& c1, float& c2) {
 
 // (a, b, p) <- (a, b, p) decayed by `decay`, plus the later (sa, sb, sp). Returns whether the
 // later one set the max exponent (ties keep the earlier).
-__device__ __forceinline__ bool merge(float& a, float& b, float& p, float decay, float sa,
-                                      float sb, float sp) {
+__device__ __forceinline__ bool merge(float& a, float& b, float& p, float decay, float sa, float sb,
+                                      float sp) {
   const float pd = p + decay;
   float c1, c2;
   const bool earlier = rescale(pd, sp, c1, c2);
@@ -92,25 +99,31 @@ __device__ __forceinline__ float decay_rate(const float* time_decay, int c) {
 }
 
 // Frames per forward thread row: 16 for 2-byte I/O, which halves the per-frame share of
-// the rows' chaining (SASS: ~27 of 98 instructions per frame at 8 with a shuffle scan), 8
+// the rows' chaining (a large share of the instructions per frame at 8), 8
 // for fp32, whose tiles of 16-frame rows would not leave two blocks per SM. A multiple of kL.
 template <typename scalar_t>
 constexpr int kFwdLog2R = sizeof(scalar_t) == 2 ? kFwdMaxLog2R : kLog2L;
 
 // Runs body(FullRow) for a row of kN frames, else body(PartRow), which checks each frame
 // against n: full rows, nearly all of them, run without per-frame guards.
-struct FullRow { static constexpr bool value = true; };
-struct PartRow { static constexpr bool value = false; };
+struct FullRow {
+  static constexpr bool value = true;
+};
+struct PartRow {
+  static constexpr bool value = false;
+};
 template <int kN, typename Body>
 __device__ __forceinline__ void rows_of(int n, Body&& body) {
-  if (n == kN) body(FullRow{});
-  else body(PartRow{});
+  if (n == kN)
+    body(FullRow{});
+  else
+    body(PartRow{});
 }
 
 // Asynchronous global -> shared copies (sm_80+): the next super-chunk's frames are
 // staged in shared memory while the current one is computed, with no registers held.
 // dst is a shared-window address (smem_addr), taken once per kernel: converted from a
-// generic pointer at each copy, it cost ~6 of the ~15 instructions of a copy (SASS).
+// generic pointer at each copy, the conversion was a large part of the instructions of a copy.
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
 }
@@ -129,17 +142,17 @@ __device__ __forceinline__ void cp_async_wait_all() {
 // [c0, c0 + 32) of (T, C) tensors into tiles [G*kN][32]. vec (C a multiple of 16 bytes,
 // 16-byte aligned data): 16-byte copies spread over the block, consecutive threads on
 // consecutive pieces; every thread copies the same kCopies pieces of every super-chunk, so
-// their offsets are set once here (staging was 20 % of the backward's instructions when they
-// were recomputed per super-chunk). Else each thread copies its own kN frames (rows g*kN..,
+// their offsets are set once here (recomputed per super-chunk, staging was a large share of
+// the backward's instructions). Else each thread copies its own kN frames (rows g*kN..,
 // channel x) with plain loads. Frames past T and channels past C are left as they are.
 template <int kN, typename scalar_t>
 struct Stager {
-  static constexpr int kPer = 16 / sizeof(scalar_t);             // elements per copy
+  static constexpr int kPer = 16 / sizeof(scalar_t);                 // elements per copy
   static constexpr int kLog2Pieces = sizeof(scalar_t) == 4 ? 3 : 2;  // copies per frame row
-  static constexpr int kCopies = (kN << kLog2Pieces) / kLanes;    // per thread
-  static_assert(kCopies >= 1 && kCopies * kLanes == (kN << kLog2Pieces),
-                "whole pieces per thread");
-  static constexpr int kLog2Row = kLog2Lanes + (sizeof(scalar_t) == 4 ? 2 : 1);  // a tile frame, bytes
+  static constexpr int kCopies = (kN << kLog2Pieces) / kLanes;       // per thread
+  static_assert(kCopies >= 1 && kCopies * kLanes == (kN << kLog2Pieces), "whole pieces per thread");
+  static constexpr int kLog2Row =
+      kLog2Lanes + (sizeof(scalar_t) == 4 ? 2 : 1);  // a tile frame, bytes
   int src[kCopies];  // offset from the super-chunk's first frame at channel 0
   int dst[kCopies];  // byte offset in the tile, or -1; dst >> kLog2Row: the frame (-1 stays -1)
   int C, c0;
@@ -152,7 +165,8 @@ struct Stager {
       const int piece = j * threads + tid;
       const int r = piece >> kLog2Pieces, q = (piece & ((1 << kLog2Pieces) - 1)) * kPer;
       src[j] = r * C + c0 + q;
-      dst[j] = c0 + q < C ? (r * kLanes + q) * static_cast<int>(sizeof(scalar_t)) : -1;  // -1: past C
+      dst[j] =
+          c0 + q < C ? (r * kLanes + q) * static_cast<int>(sizeof(scalar_t)) : -1;  // -1: past C
     }
   }
 
@@ -185,8 +199,8 @@ struct FwdShared {
 
 // Run by warp 0: lane x folds channel x's G row summaries in order into the carry (the state
 // entering the super-chunk, advanced past it), one merge per row, while the other warps wait
-// at the barrier. A shuffle scan over the rows by every warp took ~14 of the forward's 79
-// instructions per warp-frame (ncu). With all rows there (long T) the loop has no guards, so
+// at the barrier (a shuffle scan over the rows by every warp cost more instructions per
+// warp-frame than this serial fold). With all rows there (long T) the loop has no guards, so
 // the rows' loads and exps overlap: only p's add and max chain one row to the next.
 template <int kN>
 __device__ __forceinline__ void forward_carry(FwdShared& sh, int G, int x, float w, float& ca,
@@ -196,7 +210,9 @@ __device__ __forceinline__ void forward_carry(FwdShared& sh, int G, int x, float
     for (int r = 0; r < kFwdRows; ++r) {
       if (all.value || r < G) {
         const float sa = sh.a[r][x], sb = sh.b[r][x], sp = sh.p[r][x];
-        sh.a[r][x] = ca; sh.b[r][x] = cb; sh.p[r][x] = cp;
+        sh.a[r][x] = ca;
+        sh.b[r][x] = cb;
+        sh.p[r][x] = cp;
         merge(ca, cb, cp, static_cast<float>(kN) * w, sa, sb, sp);
       }
     }
@@ -208,12 +224,12 @@ __device__ __forceinline__ void forward_carry(FwdShared& sh, int G, int x, float
 // kTrain: also save the state entering every kL frames ((B, ceil(T/kL), 3, C)) and the
 // frame that set the final max exponent (argmax, (B, C); -1: the initial p).
 template <typename scalar_t, bool kTrain>
-__global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
-    const float* __restrict__ time_decay, const float* __restrict__ time_first,
-    const scalar_t* __restrict__ k_, const scalar_t* __restrict__ v_,
-    const float* __restrict__ state_in, scalar_t* __restrict__ y_,
-    float* __restrict__ state_out, int* __restrict__ argmax_out, float* __restrict__ saved,
-    int T, int C, int log2G, bool vec) {
+__global__ void __launch_bounds__(kLanes* kFwdRows, 2)
+    wkv_forward_kernel(const float* __restrict__ time_decay, const float* __restrict__ time_first,
+                       const scalar_t* __restrict__ k_, const scalar_t* __restrict__ v_,
+                       const float* __restrict__ state_in, scalar_t* __restrict__ y_,
+                       float* __restrict__ state_out, int* __restrict__ argmax_out,
+                       float* __restrict__ saved, int T, int C, int log2G, bool vec) {
   __shared__ FwdShared sh;
   extern __shared__ float4 dyn[];
   scalar_t* tiles = reinterpret_cast<scalar_t*>(dyn);
@@ -238,7 +254,9 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
   int last_reset = -1;  // training: the last frame of this thread's rows that set the max exponent
   if (state_in != nullptr && g == 0) {
     const float* s0 = state_in + (size_t)bi * 3 * C;
-    ca = s0[cc]; cb = s0[C + cc]; cp = s0[2 * C + cc];
+    ca = s0[cc];
+    cb = s0[C + cc];
+    cp = s0[2 * C + cc];
   }
 
   const Stager<kR, scalar_t> stager(C, c0, vec);
@@ -254,7 +272,8 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
     cp_async_wait_all();
     __syncthreads();  // this stage landed; everyone is done with the other one
     if (base + rows < T) stage(st ^ 1, base + rows);
-    const scalar_t* ks = tiles + st * 2 * rows * kLanes + g * kR * kLanes + x;  // frame i: ks[i * 32]
+    const scalar_t* ks =
+        tiles + st * 2 * rows * kLanes + g * kR * kLanes + x;  // frame i: ks[i * 32]
     const scalar_t* vs = ks + rows * kLanes;
     const int t0 = base + g * kR;
     const int n = live ? max(0, min(kR, T - t0)) : 0;  // this row's frames
@@ -268,13 +287,16 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
 #pragma unroll
       for (int i = 0; i < kR; ++i) {
         if (all.value || i < n) {
-          const float e = __expf(fmaf(static_cast<float>(kR - 1 - i), w, to_f(ks[i * kLanes])) - sp);
+          const float e =
+              __expf(fmaf(static_cast<float>(kR - 1 - i), w, to_f(ks[i * kLanes])) - sp);
           sa = fmaf(e, to_f(vs[i * kLanes]), sa);
           sb += e;
         }
       }
     });
-    sh.a[g][x] = sa; sh.b[g][x] = sb; sh.p[g][x] = sp;
+    sh.a[g][x] = sa;
+    sh.b[g][x] = sb;
+    sh.p[g][x] = sp;
     __syncthreads();
     if (g == 0) forward_carry<kR>(sh, G, x, w, ca, cb, cp);
     __syncthreads();
@@ -287,7 +309,9 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
         if (all.value || i < n) {
           if (kTrain && i % kL == 0) {  // the state entering frame t0 + i, for the backward
             float* svi = sv + (i / kL) * 3 * C;
-            svi[0] = a; svi[C] = b; svi[2 * C] = p;
+            svi[0] = a;
+            svi[C] = b;
+            svi[2 * C] = p;
           }
           const float kt = to_f(ks[i * kLanes]), vt = to_f(vs[i * kLanes]);
           float c1, c2;
@@ -300,7 +324,9 @@ __global__ void __launch_bounds__(kLanes * kFwdRows, 2) wkv_forward_kernel(
     });
     if (n > 0 && t0 + n == T) {
       float* so = state_out + (size_t)bi * 3 * C;
-      so[c] = a; so[C + c] = b; so[2 * C + c] = p;
+      so[c] = a;
+      so[C + c] = b;
+      so[2 * C + c] = p;
     }
   }
   if (kTrain) {
@@ -330,7 +356,8 @@ __device__ __forceinline__ void backward_carry(BwdShared& sh, int G, int x, floa
     for (int r = kBwdRows - 1; r >= 0; --r) {
       if (all.value || r < G) {
         const float P = sh.P[r][x], rl = sh.rl[r][x], rm = sh.rm[r][x];
-        sh.rl[r][x] = cl; sh.rm[r][x] = cm;
+        sh.rl[r][x] = cl;
+        sh.rm[r][x] = cm;
         cl = fmaf(P, cl, rl);
         cm = fmaf(P, cm, rm);
       }
@@ -344,21 +371,21 @@ __device__ __forceinline__ void backward_carry(BwdShared& sh, int G, int x, floa
 // (zero cotangent / empty initial state). gw_part, gu_part (B, C): this batch row's
 // gradient of w and u.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
-    const float* __restrict__ time_decay, const float* __restrict__ time_first,
-    const scalar_t* __restrict__ k_, const scalar_t* __restrict__ v_,
-    const float* __restrict__ state_in, const float* __restrict__ saved,
-    const float* __restrict__ state_out, const int* __restrict__ argmax,
-    const scalar_t* __restrict__ gy_, const float* __restrict__ gstate_out,
-    scalar_t* __restrict__ gk_, scalar_t* __restrict__ gv_, float* __restrict__ gstate_in,
-    float* __restrict__ gw_part, float* __restrict__ gu_part, int T, int C, int log2G,
-    bool vec) {
+__global__ void __launch_bounds__(kLanes* kBwdRows, 2)
+    wkv_backward_kernel(const float* __restrict__ time_decay, const float* __restrict__ time_first,
+                        const scalar_t* __restrict__ k_, const scalar_t* __restrict__ v_,
+                        const float* __restrict__ state_in, const float* __restrict__ saved,
+                        const float* __restrict__ state_out, const int* __restrict__ argmax,
+                        const scalar_t* __restrict__ gy_, const float* __restrict__ gstate_out,
+                        scalar_t* __restrict__ gk_, scalar_t* __restrict__ gv_,
+                        float* __restrict__ gstate_in, float* __restrict__ gw_part,
+                        float* __restrict__ gu_part, int T, int C, int log2G, bool vec) {
   __shared__ BwdShared sh;
   __shared__ float red_w[kBwdRows][kLanes], red_u[kBwdRows][kLanes];
   extern __shared__ float4 dyn[];
   const int G = 1 << log2G, g = threadIdx.y, x = threadIdx.x;
   const int log2rows = log2G + kLog2L, rows = 1 << log2rows;
-  scalar_t* tiles = reinterpret_cast<scalar_t*>(dyn);                        // [2][3][rows][32]
+  scalar_t* tiles = reinterpret_cast<scalar_t*>(dyn);  // [2][3][rows][32]
   float* states = reinterpret_cast<float*>(dyn) + (6 * rows * kLanes * sizeof(scalar_t) + 3) / 4;
   const unsigned tiles_s = smem_addr(tiles), states_s = smem_addr(states);
   const int n_cb = (C + kLanes - 1) / kLanes;
@@ -390,7 +417,10 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
 
   // The adjoint carry of this lane's channel (kept by warp 0), entering from the end.
   float cl = 0.f, cm = 0.f;
-  if (gstate_out != nullptr && g == 0) { cl = gstate_out[so + cc]; cm = gstate_out[so + C + cc]; }
+  if (gstate_out != nullptr && g == 0) {
+    cl = gstate_out[so + cc];
+    cm = gstate_out[so + C + cc];
+  }
 
   const Stager<kL, scalar_t> stager(C, c0, vec);
   auto stage = [&](int st, int base) {
@@ -415,7 +445,8 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
     cp_async_wait_all();
     __syncthreads();  // this stage landed; everyone is done with the other one
     if (base > 0) stage(st ^ 1, base - rows);
-    const scalar_t* ks = tiles + st * 3 * rows * kLanes + g * kL * kLanes + x;  // frame i: ks[i * 32]
+    const scalar_t* ks =
+        tiles + st * 3 * rows * kLanes + g * kL * kLanes + x;  // frame i: ks[i * 32]
     const scalar_t* vs = ks + rows * kLanes;
     const scalar_t* gys = vs + rows * kLanes;
     const float* s = states + ((st * G + g) * 3) * kLanes + x;
@@ -455,7 +486,9 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
         }
       }
     });
-    sh.P[g][x] = P; sh.rl[g][x] = Rl; sh.rm[g][x] = Rm;
+    sh.P[g][x] = P;
+    sh.rl[g][x] = Rl;
+    sh.rm[g][x] = Rm;
     __syncthreads();
     if (g == 0) backward_carry(sh, G, x, cl, cm);
     __syncthreads();
@@ -497,7 +530,10 @@ __global__ void __launch_bounds__(kLanes * kBwdRows, 2) wkv_backward_kernel(
   __syncthreads();
   if (g == 0 && live) {
     float sw = 0.f, su = 0.f;
-    for (int j = 0; j < G; ++j) { sw += red_w[j][x]; su += red_u[j][x]; }
+    for (int j = 0; j < G; ++j) {
+      sw += red_w[j][x];
+      su += red_u[j][x];
+    }
     gw_part[(size_t)bi * C + c] = sw;
     gu_part[(size_t)bi * C + c] = su;
   }
@@ -521,8 +557,8 @@ __global__ void wkv_param_grad_kernel(const float* __restrict__ time_decay,
 }
 
 // Integers go into error messages as text: streaming an integer (or an IntArrayRef) into a
-// TORCH_CHECK message from this nvcc-compiled host code crashed the process on the H200
-// machine (torch 2.11, CUDA 13.0) instead of raising; std::to_string does not.
+// TORCH_CHECK message from this nvcc-compiled host code crashed the process (torch 2.11,
+// CUDA 13.0) instead of raising; std::to_string does not.
 // shape(t) is "(2, 8, 4)".
 std::string shape(const torch::Tensor& t) {
   std::string s = "(";
@@ -532,10 +568,10 @@ std::string shape(const torch::Tensor& t) {
 
 // t must have `dim` dims and live on `device`, k's CUDA device.
 void check_on(const torch::Tensor& t, const char* name, int dim, const c10::Device& device) {
-  TORCH_CHECK_VALUE(t.device() == device, "wkv: all inputs must be on one device, k is on ",
-                    device, " and ", name, " on ", t.device());
-  TORCH_CHECK_VALUE(t.dim() == dim, "wkv: ", name, " must have ", std::to_string(dim), " dims, got ",
-                    std::to_string(t.dim()));
+  TORCH_CHECK_VALUE(t.device() == device, "wkv: all inputs must be on one device, k is on ", device,
+                    " and ", name, " on ", t.device());
+  TORCH_CHECK_VALUE(t.dim() == dim, "wkv: ", name, " must have ", std::to_string(dim),
+                    " dims, got ", std::to_string(t.dim()));
 }
 
 torch::Tensor contiguous(const torch::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
@@ -553,19 +589,19 @@ const float* state_ptr(const torch::Tensor& s, torch::Tensor& keep, int64_t B, i
                        const char* name, const c10::Device& device) {
   if (!s.defined()) return nullptr;
   check_on(s, name, 3, device);
-  TORCH_CHECK_VALUE(s.scalar_type() == at::kFloat && s.size(0) == B && s.size(1) == 3 &&
-                    s.size(2) == C, "wkv: ", name, " must be (", std::to_string(B), ", 3, ",
-                    std::to_string(C), ") float32, got ", shape(s), " ", s.scalar_type());
+  TORCH_CHECK_VALUE(
+      s.scalar_type() == at::kFloat && s.size(0) == B && s.size(1) == 3 && s.size(2) == C,
+      "wkv: ", name, " must be (", std::to_string(B), ", 3, ", std::to_string(C), ") float32, got ",
+      shape(s), " ", s.scalar_type());
   keep = contiguous(s);
   return keep.data_ptr<float>();
 }
 
 // fp32, fp16 and bf16 I/O; float64 stays on the PyTorch path.
-#define WKV_DISPATCH(TYPE, NAME, ...)                      \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                           \
-                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
-                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+#define WKV_DISPATCH(TYPE, NAME, ...)                                            \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                                 \
+                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE( \
+                         at::kHalf, __VA_ARGS__) AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 // Thread rows of row_frames frames each for T frames: a power of two, at most `most`.
 int log2_rows(int64_t T, int most, int row_frames) {
@@ -577,13 +613,14 @@ int log2_rows(int64_t T, int most, int row_frames) {
 // Whether rows of these (B, T, C) tensors can be staged with 16-byte copies.
 bool vec_ok(std::initializer_list<const torch::Tensor*> ts, int64_t C) {
   bool ok = C * ts.begin()[0]->element_size() % 16 == 0;
-  for (auto t : ts) ok = ok && (!t->defined() || reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0);
+  for (auto t : ts)
+    ok = ok && (!t->defined() || reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0);
   return ok;
 }
 
 // Kernels are launched through the driver (cuLaunchKernel with the kernel's context-free
-// CUkernel handle): 0.5-0.9 us less host time per launch than through the runtime (host
-// probe, H200), a tenth of the streaming step. The entry points come from the runtime, so
+// CUkernel handle): less host time per launch than through the runtime, which matters to
+// the host-bound streaming step. The entry points come from the runtime, so
 // nothing links libcuda.
 struct Driver {
   PFN_cuCtxGetCurrent_v4000 ctx_get_current;
@@ -641,15 +678,17 @@ void launch_converted(void (*)(Params...), dim3 grid, dim3 block, size_t smem, A
                                                c10::cuda::current_device()),
                  "cuKernelSetAttribute");
   std::tuple<Params...> values(args...);  // the kernel's parameter types, converted as by a call
-  std::apply([&](auto&... value) {
-    void* params[] = {&value...};
-    // cuLaunchKernel takes a CUkernel as a CUfunction.
-    check_driver(driver().launch_kernel(reinterpret_cast<CUfunction>(kernel_handle<kKernel>()),
-                                        grid.x, grid.y, grid.z, block.x, block.y, block.z,
-                                        static_cast<unsigned>(smem),
-                                        c10::cuda::getCurrentCUDAStream().stream(), params, nullptr),
-                 "cuLaunchKernel");
-  }, values);
+  std::apply(
+      [&](auto&... value) {
+        void* params[] = {&value...};
+        // cuLaunchKernel takes a CUkernel as a CUfunction.
+        check_driver(driver().launch_kernel(
+                         reinterpret_cast<CUfunction>(kernel_handle<kKernel>()), grid.x, grid.y,
+                         grid.z, block.x, block.y, block.z, static_cast<unsigned>(smem),
+                         c10::cuda::getCurrentCUDAStream().stream(), params, nullptr),
+                     "cuLaunchKernel");
+      },
+      values);
 }
 
 // Launches kKernel with `smem` bytes of dynamic shared memory on the current stream.
@@ -661,22 +700,22 @@ void launch(dim3 grid, dim3 block, size_t smem, Args... args) {
 // A tensor of `sizes` and `dtype` over the bytes of `buf` from `byte_offset` on.
 torch::Tensor part_of(const at::TensorBase& buf, int64_t byte_offset, at::IntArrayRef sizes,
                       at::ScalarType dtype) {
-  auto impl = c10::make_intrusive<c10::TensorImpl>(
-      c10::Storage(buf.storage()), buf.key_set(), c10::scalarTypeToTypeMeta(dtype));
+  auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(buf.storage()), buf.key_set(),
+                                                   c10::scalarTypeToTypeMeta(dtype));
   impl->set_storage_offset(byte_offset / static_cast<int64_t>(c10::elementSize(dtype)));
   impl->set_sizes_contiguous(sizes);
   return torch::Tensor(std::move(impl));
 }
 
 // y (B, T, C) in k's dtype and the final state (B, 3, C) float32 over one allocation, taken
-// without the dispatcher: the streaming step is host-bound, and this costs 1.9 us of its
-// ~8 where two at::empty cost 3.0 (host probe, H200). Only where nothing is saved for a
+// without the dispatcher: the streaming step is host-bound, and one allocation here costs
+// less host time than two at::empty. Only where nothing is saved for a
 // backward, where the state would keep y's memory alive.
 std::tuple<torch::Tensor, torch::Tensor> outputs_in_one_allocation(const torch::Tensor& k) {
   const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
   const int64_t y_bytes = (B * T * C * k.element_size() + 15) / 16 * 16;
-  const auto buf = at::detail::empty_cuda({y_bytes + B * 3 * C * 4}, at::kByte, k.device(),
-                                          std::nullopt);
+  const auto buf =
+      at::detail::empty_cuda({y_bytes + B * 3 * C * 4}, at::kByte, k.device(), std::nullopt);
   return {part_of(buf, 0, {B, T, C}, k.scalar_type()),
           part_of(buf, y_bytes, {B, 3, C}, at::kFloat)};
 }
@@ -694,13 +733,16 @@ std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch:
                     "wkv: k and v must both be (B, T, C), got ", shape(k_in), " and ", shape(v_in));
   check_on(v_in, "v", 3, dev);
   const auto io = k_in.scalar_type();
-  TORCH_CHECK_TYPE(io == v_in.scalar_type() && (io == at::kFloat || io == at::kHalf ||
-                   io == at::kBFloat16), "wkv: k and v must share float32, bfloat16 or float16, "
-                   "got ", io, " and ", v_in.scalar_type());
+  TORCH_CHECK_TYPE(
+      io == v_in.scalar_type() && (io == at::kFloat || io == at::kHalf || io == at::kBFloat16),
+      "wkv: k and v must share float32, bfloat16 or float16, "
+      "got ",
+      io, " and ", v_in.scalar_type());
   const at::cuda::CUDAGuard guard(dev);
   const int64_t B = k_in.size(0), T = k_in.size(1), C = k_in.size(2);
   // Frame offsets t*C are int, t up to T plus one super-chunk.
-  TORCH_CHECK_VALUE((T + (kFwdRows << kFwdMaxLog2R)) * C < (int64_t(1) << 31), "wkv: T*C too large");
+  TORCH_CHECK_VALUE((T + (kFwdRows << kFwdMaxLog2R)) * C < (int64_t(1) << 31),
+                    "wkv: T*C too large");
   const auto td = float_param(time_decay, "time_decay", C, dev);
   const auto tf = float_param(time_first, "time_first", C, dev);
   const auto k = contiguous(k_in), v = contiguous(v_in);
@@ -736,8 +778,10 @@ std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch:
             kTrain ? amax.data_ptr<int>() : nullptr, kTrain ? saved.data_ptr<float>() : nullptr,
             (int)T, (int)C, log2G, vec);
       };
-      if (train) launch_forward(std::true_type{});
-      else launch_forward(std::false_type{});
+      if (train)
+        launch_forward(std::true_type{});
+      else
+        launch_forward(std::false_type{});
     });
   }
   if (train) return {y, state_out, saved, amax};
@@ -747,11 +791,12 @@ std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch:
 // The forward's inputs and train outputs, and the cotangents of y and of the final state
 // (undefined: zero). Returns the gradients of time_decay and time_first (C,) float32, of k
 // and v (B, T, C), and of the initial state (B, 3, C), undefined when it was empty.
-std::vector<torch::Tensor> backward(
-    const torch::Tensor& time_decay, const torch::Tensor& time_first, const torch::Tensor& k_in,
-    const torch::Tensor& v_in, const torch::Tensor& state, const torch::Tensor& saved,
-    const torch::Tensor& state_out, const torch::Tensor& amax, const torch::Tensor& grad_y,
-    const torch::Tensor& grad_state) {
+std::vector<torch::Tensor> backward(const torch::Tensor& time_decay,
+                                    const torch::Tensor& time_first, const torch::Tensor& k_in,
+                                    const torch::Tensor& v_in, const torch::Tensor& state,
+                                    const torch::Tensor& saved, const torch::Tensor& state_out,
+                                    const torch::Tensor& amax, const torch::Tensor& grad_y,
+                                    const torch::Tensor& grad_state) {
   const auto dev = k_in.device();
   const at::cuda::CUDAGuard guard(dev);
   const int64_t B = k_in.size(0), T = k_in.size(1), C = k_in.size(2);
@@ -795,16 +840,18 @@ std::vector<torch::Tensor> backward(
 // direction is one C++ call.
 struct WKVFunction : torch::autograd::Function<WKVFunction> {
   // From the empty state: a C++ node takes no undefined input, so this one has four.
-  static torch::autograd::variable_list forward(
-      torch::autograd::AutogradContext* ctx, const torch::Tensor& time_decay,
-      const torch::Tensor& time_first, const torch::Tensor& k, const torch::Tensor& v) {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const torch::Tensor& time_decay,
+                                                const torch::Tensor& time_first,
+                                                const torch::Tensor& k, const torch::Tensor& v) {
     return forward(ctx, time_decay, time_first, k, v, torch::Tensor());
   }
 
-  static torch::autograd::variable_list forward(
-      torch::autograd::AutogradContext* ctx, const torch::Tensor& time_decay,
-      const torch::Tensor& time_first, const torch::Tensor& k, const torch::Tensor& v,
-      const torch::Tensor& state) {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const torch::Tensor& time_decay,
+                                                const torch::Tensor& time_first,
+                                                const torch::Tensor& k, const torch::Tensor& v,
+                                                const torch::Tensor& state) {
     ctx->set_materialize_grads(false);  // an unused output's cotangent stays undefined, not zeros
     auto out = ::forward(time_decay, time_first, k, v, state, /*train=*/true);
     ctx->save_for_backward({time_decay, time_first, k, v, state, out[2], out[1], out[3]});
@@ -834,22 +881,24 @@ std::tuple<torch::Tensor, torch::Tensor> wkv(const torch::Tensor& time_decay,
       frames && at::GradMode::is_enabled() &&
       (time_decay.requires_grad() || time_first.requires_grad() || k.requires_grad() ||
        v.requires_grad() || (s.defined() && s.requires_grad()));
-  const auto out = !needs_grad ? forward(time_decay, time_first, k, v, s, /*train=*/false)
+  const auto out = !needs_grad   ? forward(time_decay, time_first, k, v, s, /*train=*/false)
                    : s.defined() ? WKVFunction::apply(time_decay, time_first, k, v, s)
                                  : WKVFunction::apply(time_decay, time_first, k, v);
   return {out[0], out[1]};
 }
 
 // wkv(time_decay, time_first, k, v, state=None), positional, as a CPython fast call: pybind's
-// argument and result conversion cost 0.6 us more per call (host probe, H200).
+// argument and result conversion cost more host time per call.
 PyObject* wkv_py(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  TORCH_CHECK_TYPE(nargs == 4 || nargs == 5, "wkv: takes time_decay, time_first, k, v and "
-                   "optionally state, got ", std::to_string(nargs), " arguments");
+  TORCH_CHECK_TYPE(nargs == 4 || nargs == 5,
+                   "wkv: takes time_decay, time_first, k, v and "
+                   "optionally state, got ",
+                   std::to_string(nargs), " arguments");
   static const char* const names[] = {"time_decay", "time_first", "k", "v", "state"};
   for (Py_ssize_t i = 0; i < nargs; ++i)
-    TORCH_CHECK_TYPE(THPVariable_Check(args[i]) || (i == 4 && args[i] == Py_None), "wkv: ",
-                     names[i], " must be a tensor", i == 4 ? " or None" : "", ", got ",
+    TORCH_CHECK_TYPE(THPVariable_Check(args[i]) || (i == 4 && args[i] == Py_None),
+                     "wkv: ", names[i], " must be a tensor", i == 4 ? " or None" : "", ", got ",
                      Py_TYPE(args[i])->tp_name);
   const auto out = wkv(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]),
                        THPVariable_Unpack(args[2]), THPVariable_Unpack(args[3]),

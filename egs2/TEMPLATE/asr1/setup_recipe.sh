@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Link ESPnet's recipe scripts into an espnet_rwkv recipe, as ESPnet's own egs2/TEMPLATE/asr1/setup.sh does:
 #   asr.sh, scripts/, pyscripts/ from ESPnet's egs2/TEMPLATE/asr1; utils/, steps/ from Kaldi's egs/wsj/s5.
-# Usage: egs2/setup_recipe.sh <recipe_dir>
+# Usage: egs2/TEMPLATE/asr1/setup_recipe.sh <recipe_dir>
 #   ESPNET_ROOT  an ESPnet checkout (tag v.<installed espnet version>); default: a shallow clone in egs2/.espnet
 #   KALDI_ROOT   a Kaldi checkout; default: $ESPNET_ROOT/tools/kaldi, else a shallow clone in egs2/.espnet
 # The clones need a network connection to GitHub (once); with both variables set nothing is downloaded.
 set -euo pipefail
 recipe=$(cd "${1:?usage: $0 <recipe_dir>}" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
-cache=${here}/.espnet
+repo_root=$(cd "${here}/../../.." && pwd)
+cache=${repo_root}/egs2/.espnet
 
 if [ -z "${ESPNET_ROOT:-}" ]; then
-    version=$("${here}/../.venv/bin/python" -c 'import importlib.metadata as m; print(m.version("espnet"))')
+    version=$("${repo_root}/.venv/bin/python" -c 'import importlib.metadata as m; print(m.version("espnet"))')
     ESPNET_ROOT=${cache}/espnet-${version}
     if [ ! -d "${ESPNET_ROOT}/egs2/TEMPLATE/asr1" ]; then
         echo "setup_recipe.sh: cloning ESPnet v.${version} into ${ESPNET_ROOT} (network)"

@@ -1,17 +1,15 @@
-"""Chunk-wise streaming decoding of ESPnet transducer models, exact for RWKV encoders.
+"""Chunk-wise streaming decoding of ESPnet transducer models, exact for RWKV encoders (docs/streaming.md).
 
 ESPnet's own streaming path (``Speech2Text.streaming_decode``) cannot be exact:
 its ``OnlineAudioProcessor`` leaves one feature frame out at every window
-boundary (it restarts the STFT one hop too late) and pads the final window
-with zeros. Here, for RWKV encoders:
+boundary and pads the final window with zeros. Here, for RWKV encoders:
 
-- ``ExactAudioProcessor`` returns each feature frame once, as soon as the STFT
-  window of that frame has all its samples, equal to the frame of
-  full-utterance feature extraction; it keeps only the samples that later
-  frames still need;
+- ``ExactAudioProcessor`` (espnet_rwkv.asr.features) returns each feature frame
+  once, equal to the frame of full-utterance feature extraction;
 - the encoder's ``stream_forward`` carries the subsampling's pending input
   frames and every block's token-shift and WKV state;
-- ESPnet's beam search continues frame by frame from its hypotheses.
+- ESPnet's beam search continues frame by frame from its hypotheses, their
+  shared label prefix kept out of it between windows (espnet_rwkv.asr.beam_history).
 
 So streaming gives the encoder output of full-utterance decoding (to float
 rounding) and the same tokens, whatever the window. Other encoders (ESPnet's
@@ -22,6 +20,7 @@ reads ``receptive_field.lookahead`` feature frames past its own (30 ms for
 conv2d by 4, 90 ms VGG-like) and the STFT of a frame reads ``n_fft / 2``
 samples past the frame's centre (16 ms at n_fft 512, 16 kHz).
 """
+
 import contextlib
 import dataclasses
 import time
@@ -30,106 +29,15 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 import torch
+from espnet2.bin.asr_transducer_inference import Speech2Text
 from typeguard import typechecked
 
-from espnet2.asr.frontend.default import DefaultFrontend
-from espnet2.bin.asr_transducer_inference import Speech2Text
-from espnet2.layers.global_mvn import GlobalMVN
+from espnet_rwkv.asr.beam_history import LabelHistory
 from espnet_rwkv.asr.encoder import RWKVEncoder
+from espnet_rwkv.asr.features import ExactAudioProcessor
 
 SAMPLE_RATE = 16000
-# Labels of the common prefix left in each hypothesis (StreamingRecognizer._shorten_history).
-KEEP_LABELS = 8
 _PREFERRED_CHECKPOINTS = ("valid.loss.ave.pth", "valid.loss.best.pth")
-
-
-class ExactAudioProcessor:
-    """Streamed features equal to the model's full-utterance features.
-
-    Frame g of a centred STFT (hop h, n_fft N) reads samples
-    ``h*g - N/2 ... h*g + N/2 - 1``; reflection padding applies only before
-    sample 0 and after the last sample (frame 0's left reflection reads sample
-    N/2). A frame is returned once its samples are in, or at the end of the
-    stream. The model's feature extractor runs on
-    a buffer starting at a frame boundary ``m = ceil(N/2 / h)`` frames before
-    the next frame due, so its left padding never reaches a returned frame.
-
-    Args:
-        model: ESPnet transducer model with a ``DefaultFrontend`` (its
-            multi-channel enhancement never runs on mono audio) and
-            ``global_mvn`` or no normalization (per-utterance normalization
-            cannot stream exactly).
-    """
-
-    @typechecked
-    def __init__(self, model: torch.nn.Module):
-        frontend = model.frontend
-        if not isinstance(frontend, DefaultFrontend) or frontend.stft is None:
-            raise ValueError(f"exact streaming needs ESPnet's DefaultFrontend with an STFT, got {frontend!r}")
-        if model.normalize is not None and not isinstance(model.normalize, GlobalMVN):
-            raise ValueError(
-                f"exact streaming needs global_mvn or no normalization, got {type(model.normalize).__name__} "
-                "(it depends on the whole utterance)"
-            )
-        stft = frontend.stft
-        self.model = model
-        self.hop = stft.hop_length
-        self.n_fft = stft.n_fft
-        self.pad = stft.n_fft // 2 if stft.center else 0
-        self.margin = -(-self.pad // self.hop)
-        self.reset()
-
-    def reset(self) -> None:
-        """Start a new stream."""
-        self.samples = torch.zeros(0)
-        self.samples_start = 0  # global index of samples[0]; a multiple of hop
-        self.frames_out = 0
-
-    def __call__(self, samples: torch.Tensor, is_final: bool) -> torch.Tensor:
-        """Next samples (S,) float -> the feature frames they complete (1, T, F), normalized.
-
-        ``is_final`` ends the stream (the last frames, with end padding) and
-        starts a new one.
-        """
-        buf = torch.cat([self.samples, samples.to(self.samples.dtype)])
-        total = self.samples_start + buf.numel()
-        base = self.samples_start // self.hop  # global index of the buffer's frame 0
-        first = self.frames_out
-        if is_final:
-            feats = self._features(buf) if buf.numel() > self.pad else None
-            end = base + (feats.size(1) if feats is not None else 0)
-        else:
-            end = max(first, (total + self.pad - self.n_fft) // self.hop + 1)
-            if buf.numel() <= self.pad:  # frame 0's reflection padding reads sample n_fft / 2
-                end = first
-            feats = self._features(buf) if end > first else None
-        if feats is None:
-            feats = torch.zeros(1, 0, self.model.frontend.output_size(), device=self._device())
-        feats = feats[:, first - base: end - base]
-        if is_final:
-            self.reset()
-            return feats
-        start = max(0, end - self.margin) * self.hop
-        self.samples = buf[start - self.samples_start:]
-        self.samples_start, self.frames_out = start, end
-        return feats
-
-    def _features(self, samples: torch.Tensor) -> torch.Tensor:
-        """(S,) -> (1, T, F): the model's front end and normalization."""
-        speech = samples[None].to(self._device())
-        lengths = torch.tensor([speech.size(1)], device=speech.device)
-        feats, lengths = self.model._extract_feats(speech, lengths)
-        if self.model.normalize is not None:
-            feats, _ = self.model.normalize(feats, lengths)
-        return feats
-
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def state_nbytes(self) -> int:
-        """Bytes of audio carried between calls."""
-        return self.samples.nbytes
 
 
 @dataclass
@@ -159,6 +67,7 @@ class StreamingRecognizer:
         self.speech2text = speech2text
         self.window = speech2text.audio_processor.decoding_samples
         self.exact = isinstance(speech2text.asr_model.encoder, RWKVEncoder)
+        self.history = LabelHistory(speech2text)  # shortened between windows (beam_history)
         self.features = ExactAudioProcessor(speech2text.asr_model) if self.exact else None
         self.reset()
 
@@ -167,7 +76,7 @@ class StreamingRecognizer:
         self.pending = torch.zeros(0)
         self.samples_done = 0
         self.hyps = []
-        self.committed = []  # labels every hypothesis shares, taken out of their yseq
+        self.history.reset()
         self.speech2text.reset_streaming_cache()
         if self.exact:
             self.features.reset()
@@ -203,17 +112,17 @@ class StreamingRecognizer:
         start = time.perf_counter()
         with torch.inference_mode():
             if is_final:  # the final sort (score_norm) and the caller see whole label sequences
-                self._restore_history()
+                self.history.restore()
             if self.exact:
                 self._decode_exact(window, is_final)
             else:
                 self.hyps = self.speech2text.streaming_decode(window, is_final=is_final)
             if not is_final:
-                self._shorten_history()
+                self.history.shorten()
             text, token_int, score = "", [], 0.0
             if self.hyps:  # none before the first encoder frame
                 best = self.hyps[0] if is_final else max(self.hyps, key=lambda hyp: hyp.score)
-                best = dataclasses.replace(best, yseq=best.yseq[:1] + self.committed + best.yseq[1:])
+                best = dataclasses.replace(best, yseq=self.history.full(best.yseq))
                 text, _, token_int, _ = self.speech2text.hypotheses_to_results([best])[0]
                 score = best.score
         self.samples_done += window.numel()
@@ -228,55 +137,16 @@ class StreamingRecognizer:
         if enc_out.size(1) or is_final:
             self.hyps = s2t.beam_search(enc_out[0], is_final=is_final)
 
-    def _shorten_history(self) -> None:
-        """Keep each hypothesis's label sequence short, so that a window's cost does not grow.
-
-        ESPnet's beam search copies a hypothesis's whole label sequence at every
-        expansion, and its decoders key a cache of their outputs by the whole
-        sequence ("0_5_9") and keep every prefix ever scored: per frame, work and
-        memory would grow with the transcript. All live hypotheses extend one
-        common prefix, and the default search without an LM reads only the
-        last label and the decoder state, so that prefix (less ``KEEP_LABELS``)
-        moves to ``self.committed``: the same hypotheses and scores. The
-        decoder's cache keeps the outputs of live hypotheses only.
-        """
-        search = self.speech2text.beam_search
-        hyps = search.search_cache or []
-        cut = 0
-        if hyps and search.search_algorithm == search.default_beam_search and not search.use_lm:
-            first = hyps[0].yseq
-            common = min(len(hyp.yseq) for hyp in hyps) - 1
-            for hyp in hyps[1:]:
-                common = next((i for i in range(common) if hyp.yseq[1 + i] != first[1 + i]), common)
-            cut = max(common - KEEP_LABELS, 0)
-            self.committed += first[1: 1 + cut]
-        self._rewrite_label_sequences(lambda yseq: yseq[:1] + yseq[1 + cut:])
-
-    def _restore_history(self) -> None:
-        """Put ``self.committed`` back in front of every hypothesis's labels."""
-        committed, self.committed = self.committed, []
-        self._rewrite_label_sequences(lambda yseq: yseq[:1] + committed + yseq[1:])
-
-    def _rewrite_label_sequences(self, rewrite) -> None:
-        """yseq = rewrite(yseq) for the live hypotheses; the decoder's cached outputs of
-        those, and only those, stay, under their new keys."""
-        decoder = self.speech2text.asr_model.decoder
-        old = getattr(decoder, "score_cache", None)
-        cache = {}
-        for hyp in self.speech2text.beam_search.search_cache or []:
-            key = "_".join(map(str, hyp.yseq))
-            hyp.yseq = rewrite(hyp.yseq)
-            if old and key in old:
-                cache["_".join(map(str, hyp.yseq))] = old[key]
-        if old is not None:
-            decoder.score_cache = cache
-
     @property
     def state_nbytes(self) -> int:
         """Bytes of audio, feature frames and encoder state carried between windows (RWKV only)."""
         if not self.exact:
             raise ValueError("state_nbytes is only known for the exact (RWKV) path")
-        return self.pending.nbytes + self.features.state_nbytes + self.speech2text.asr_model.encoder.streaming_state_nbytes()
+        return (
+            self.pending.nbytes
+            + self.features.state_nbytes
+            + self.speech2text.asr_model.encoder.streaming_state_nbytes()
+        )
 
 
 def _check_samples(samples: torch.Tensor) -> None:

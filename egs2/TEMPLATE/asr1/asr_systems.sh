@@ -1,4 +1,5 @@
-# Sourced by the recipes' run.sh: ESPnet's asr.sh for several systems on one corpus.
+# Sourced by the recipes' run.sh (. ../../TEMPLATE/asr1/asr_systems.sh): ESPnet's asr.sh for several
+# systems on one corpus, run from the recipe directory.
 #
 # run_systems [--stage N] [--stop_stage N] [--systems "a b"] [asr.sh options ...]
 #   stages 1-10 once (data, formatting, tokens, statistics: the systems share a frontend),
@@ -15,8 +16,11 @@
 #   systems    the systems run by default
 #   decodes    associative array: system -> its decodes
 #   train_args --asr_args of stage 11
-#   plot_opts  array of options of local/plot_wer_vs_latency.py (--metric, --test_sets)
+#   plot_opts  array of options of pyscripts/plot_wer_vs_latency.py here (--metric, --test_sets)
 #   corpus, lang for the model card
+
+# This folder, egs2/TEMPLATE/asr1, where the shared scripts are.
+template_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 run_systems() {
     local stage=1 stop_stage=14 pass=() lo hi system decode packed
@@ -70,6 +74,6 @@ run_systems() {
     if span 13 13; then  # after scoring
         # Several run.sh may finish together (one system per GPU): write each file whole.
         scripts/utils/show_asr_result.sh exp > "RESULTS.md.$$" && mv "RESULTS.md.$$" RESULTS.md
-        python3 local/plot_wer_vs_latency.py --exp exp "${plot_opts[@]}" --out wer_vs_latency.png
+        python3 "${template_dir}/pyscripts/plot_wer_vs_latency.py" --exp exp "${plot_opts[@]}" --out wer_vs_latency.png
     fi
 }

@@ -1,1 +1,0 @@
-../../../synth_en/asr1/local/plot_wer_vs_latency.py

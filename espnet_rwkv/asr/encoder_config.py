@@ -1,0 +1,55 @@
+"""Validation of the ``encoder_conf`` of an RWKV body, in the manner of ESPnet's
+``espnet2/asr_transducer/encoder/validation.py``: clear errors for what an RWKV
+encoder does not take, and ESPnet's ConvInput configuration for what it does.
+"""
+
+from typing import Any, Dict, List, Tuple
+
+BLOCK_OPTIONS = {"block_type", "hidden_size", "linear_size", "num_blocks", "dropout_rate"}
+INPUT_OPTIONS = {"vgg_like", "subsampling_factor", "conv_size"}
+
+
+def check_body(body_conf: List[Dict[str, Any]]) -> Tuple[int, int, float, int]:
+    """Validate rwkv body blocks -> (hidden_size, linear_size, dropout_rate, total blocks)."""
+    sizes = set()
+    total = 0
+    for i, block in enumerate(body_conf, start=1):
+        unknown = set(block) - BLOCK_OPTIONS
+        if unknown:
+            raise ValueError(
+                f"encoder_conf.body_conf block {i} (rwkv): unknown option(s) {sorted(unknown)}; "
+                f"allowed: {sorted(BLOCK_OPTIONS)}"
+            )
+        if "hidden_size" not in block:
+            raise ValueError(f"encoder_conf.body_conf block {i} (rwkv): hidden_size is required")
+        hidden = block["hidden_size"]
+        sizes.add((hidden, block.get("linear_size", 4 * hidden), block.get("dropout_rate", 0.0)))
+        num = block.get("num_blocks", 1)
+        if not isinstance(num, int) or num < 1:
+            raise ValueError(f"encoder_conf.body_conf block {i} (rwkv): num_blocks must be a positive int, got {num!r}")
+        total += num
+    if len(sizes) != 1:
+        raise ValueError(
+            "encoder_conf.body_conf: all rwkv blocks must share hidden_size, linear_size and "
+            f"dropout_rate, got {sorted(sizes)}"
+        )
+    hidden, linear, dropout = sizes.pop()
+    return hidden, linear, dropout, total
+
+
+def input_block_conf(input_conf: Dict[str, Any], hidden_size: int) -> Dict[str, Any]:
+    """ESPnet's ConvInput configuration for an input block feeding ``hidden_size``."""
+    unknown = set(input_conf) - INPUT_OPTIONS
+    if unknown:
+        raise ValueError(
+            f"encoder_conf.input_conf: unknown option(s) {sorted(unknown)}; allowed: {sorted(INPUT_OPTIONS)}"
+        )
+    vgg_like = input_conf.get("vgg_like", False)
+    factor = input_conf.get("subsampling_factor", 4)
+    allowed = (4, 6) if vgg_like else (2, 4, 6)
+    if factor not in allowed:
+        raise ValueError(f"encoder_conf.input_conf: subsampling_factor must be one of {allowed}, got {factor}")
+    conv_size = input_conf.get("conv_size", (64, 128) if vgg_like else hidden_size)
+    if vgg_like and isinstance(conv_size, int):
+        conv_size = (conv_size, conv_size)
+    return {"vgg_like": vgg_like, "subsampling_factor": factor, "conv_size": conv_size, "output_size": hidden_size}
