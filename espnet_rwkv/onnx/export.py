@@ -135,6 +135,26 @@ def _block_weights(block: RWKVBlock) -> Dict[str, torch.Tensor]:
     }
 
 
+def wkv_batched(k, v, a, b, p, frames, carried):
+    """WKV of a batch of chunks: k, v (N, t, C); state a, b, p (N, C); masks of ``wkv_chunk_masks``.
+
+    ``wkv_chunk``'s weighting, batched. A state with b = 0 (all zeros: sherpa-onnx's
+    initial state) is the empty one whatever p: p is read as ``EMPTY_P`` there, so that
+    frames with u + k far below 0 keep their relative weights (a finite p would floor them).
+    Returns y (N, t, C) and the new (a, b, p).
+    """
+    p = torch.where(b > 0, p, torch.full_like(p, EMPTY_P))
+    e_frames = k[:, None] + frames[None]  # (N, t+1, t, C)
+    e_state = p[:, None] + carried[None]  # (N, t+1, C)
+    q = torch.maximum(e_frames.amax(dim=2), e_state)
+    weight = torch.exp(torch.clamp(e_frames - q[:, :, None], min=_EXP_FLOOR))
+    weight_state = torch.exp(torch.clamp(e_state - q, min=_EXP_FLOOR))
+    num = (weight * v[:, None]).sum(dim=2) + weight_state * a[:, None]
+    den = weight.sum(dim=2) + weight_state * b[:, None]
+    t = k.size(1)
+    return num[:, :t] / den[:, :t], (num[:, t], den[:, t], q[:, t])
+
+
 class _ExportBlock(torch.nn.Module):
     """One RWKV block over a batch of chunks of ``t`` frames (``StreamingBlock``'s math, batched)."""
 
@@ -159,17 +179,7 @@ class _ExportBlock(torch.nn.Module):
         k = torch.matmul(mixed[0], self.time_in[0])
         v = torch.matmul(mixed[1], self.time_in[1])
         r = torch.matmul(mixed[2], self.time_in[2])
-        # An all-zero state (sherpa-onnx's initial state) is the empty one: no mass, whatever p.
-        p = torch.where(b > 0, p, torch.full_like(p, EMPTY_P))
-        e_frames = k[:, None] + self.frames[None]  # (N, t+1, t, C)
-        e_state = p[:, None] + self.carried[None]  # (N, t+1, C)
-        q = torch.maximum(e_frames.amax(dim=2), e_state)
-        weight = torch.exp(torch.clamp(e_frames - q[:, :, None], min=_EXP_FLOOR))
-        weight_state = torch.exp(torch.clamp(e_state - q, min=_EXP_FLOOR))
-        num = (weight * v[:, None]).sum(dim=2) + weight_state * a[:, None]
-        den = weight.sum(dim=2) + weight_state * b[:, None]
-        t = self.t
-        wkv = num[:, :t] / den[:, :t]
+        wkv, (a, b, p) = wkv_batched(k, v, a, b, p, self.frames, self.carried)
         x = x + torch.matmul(torch.sigmoid(r) * wkv, self.time_out)
 
         g = self.norm_channel(x)
@@ -177,7 +187,7 @@ class _ExportBlock(torch.nn.Module):
         mixed = shifted[None] + self.channel_mix * (g - shifted)[None]
         hidden = torch.relu(torch.matmul(mixed[0], self.channel_key)) ** 2
         x = x + torch.sigmoid(torch.matmul(mixed[1], self.channel_receptance)) * torch.matmul(hidden, self.channel_out)
-        return x, h[:, -1], num[:, t], den[:, t], q[:, t], g[:, -1]
+        return x, h[:, -1], a, b, p, g[:, -1]
 
 
 class EncoderGraph(torch.nn.Module):
