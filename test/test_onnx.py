@@ -256,3 +256,17 @@ def test_export_cli_and_decode_dir(exp, speech, tmp_path):
         summary = json.loads((decode / "summary.json").read_text())
         assert summary["utterances"] == 2 and summary["rtf"] > 0
     assert (tmp_path / "sherpa-onnx" / "text").read_text() == (tmp_path / "onnxruntime" / "text").read_text()
+
+
+def test_model_card_adds_the_onnx_files_and_a_sherpa_onnx_snippet(exported, tmp_path):
+    from espnet_rwkv.model_card import CARD_NAME, add_onnx
+
+    folder = tmp_path / "hf_upload"
+    folder.mkdir()
+    (folder / CARD_NAME).write_text("# card\n")
+    add_onnx(folder, exported[320])
+    assert {"encoder.onnx", "encoder.int8.onnx", "tokens.txt"} <= {p.name for p in (folder / "onnx").iterdir()}
+    card = (folder / CARD_NAME).read_text()
+    assert card.startswith("# card\n") and 'model_type="lstm"' in card and "--chunk_ms 320" in card
+    with pytest.raises(FileNotFoundError, match="joiner.onnx"):
+        add_onnx(folder, tmp_path)
