@@ -65,7 +65,18 @@ setup(
         "espnet==202611",
     ],
     extras_require={
-        "test": ["pytest", "soundfile", "ruff", "clang-format"],
+        "test": [
+            "pytest",
+            "soundfile",
+            "ruff",
+            "clang-format",
+            "onnx",
+            "onnxruntime",
+            "kaldi-native-fbank",
+            "sherpa-onnx",
+        ],
+        # Export for sherpa-onnx (espnet_rwkv.export_onnx) and the onnxruntime decoder (stream --onnx).
+        "onnx": ["onnx", "onnxruntime", "kaldi-native-fbank", "sherpa-onnx"],
         # asr.sh needs these and pip's espnet does not pull them in: stage 3 imports kaldiio and
         # resampy; stage 14 packs exp/<asr>/images, which training writes with matplotlib.
         "recipe": ["kaldiio", "resampy", "matplotlib"],

@@ -194,6 +194,55 @@ def write_hf_folder(packed_model: Path, folder: Path) -> None:
     partial.rename(folder)
 
 
+def sherpa_onnx_section(files: List[str], chunk_ms: int) -> str:
+    """Model card section: the ONNX export (in ``onnx/``) and how sherpa-onnx or espnet_rwkv decode it."""
+    listed = ", ".join(f"`onnx/{name}`" for name in files)
+    return f"""
+## Streaming with sherpa-onnx (no torch, no ESPnet)
+
+{listed}: the model exported by `python -m espnet_rwkv.export_onnx --chunk_ms {chunk_ms}`
+(sherpa-onnx's `lstm` online transducer layout; it computes its own kaldi fbank features).
+
+```python
+import sherpa_onnx, soundfile, numpy as np
+recognizer = sherpa_onnx.OnlineRecognizer.from_transducer(
+    tokens="onnx/tokens.txt", encoder="onnx/encoder.onnx", decoder="onnx/decoder.onnx",
+    joiner="onnx/joiner.onnx", model_type="lstm", num_threads=1, decoding_method="greedy_search")
+audio, rate = soundfile.read("audio.wav", dtype="float32")  # 16 kHz mono
+stream = recognizer.create_stream()
+stream.accept_waveform(rate, audio)
+stream.accept_waveform(rate, np.zeros(int(0.7 * rate), np.float32))  # tail padding
+stream.input_finished()
+while recognizer.is_ready(stream):
+    recognizer.decode_stream(stream)
+print(recognizer.get_result(stream))
+```
+
+Or with onnxruntime only: `pip install espnet_rwkv[onnx]`, then
+`python -m espnet_rwkv.stream --onnx onnx audio.wav`.
+"""
+
+
+def add_onnx(folder: Path, onnx_dir: Path) -> None:
+    """Copy an export (``*.onnx``, tokens.txt) into ``folder/onnx`` and add the sherpa-onnx section to its card."""
+    files = sorted(p.name for p in onnx_dir.iterdir() if p.suffix == ".onnx" or p.name == "tokens.txt")
+    missing = {"encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"} - set(files)
+    if missing:
+        raise FileNotFoundError(f"{onnx_dir}: no {sorted(missing)} (python -m espnet_rwkv.export_onnx writes them)")
+    target = folder / "onnx"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        shutil.copyfile(onnx_dir / name, target / name)
+    import onnx  # only here: the card itself needs no ONNX packages
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_dir / "encoder.onnx"), load_external_data=False).metadata_props}
+    card_path = folder / CARD_NAME
+    text = card_path.read_text(encoding="utf-8") if card_path.exists() else ""
+    card_path.write_text(
+        text + sherpa_onnx_section(files, int(meta.get("decode_chunk_len", 32)) * 10), encoding="utf-8"
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--asr_exp", type=Path, required=True, help="the experiment, e.g. exp/asr_rwkv_bat")
@@ -201,10 +250,13 @@ def main(argv=None) -> None:
     parser.add_argument("--lang", default="noinfo")
     parser.add_argument("--corpus", default=Path.cwd().parent.name, help="default: the recipe's name")
     parser.add_argument("--hf_folder", type=Path, help="default: <asr_exp>/hf_upload")
+    parser.add_argument("--onnx_dir", type=Path, help="an espnet_rwkv.export_onnx dir to add to the upload folder")
     args = parser.parse_args(argv)
     add_card(args.asr_exp, args.packed_model, args.lang, args.corpus)
     folder = args.hf_folder or args.asr_exp / "hf_upload"
     write_hf_folder(args.packed_model, folder)
+    if args.onnx_dir:
+        add_onnx(folder, args.onnx_dir)
     print(f"model_card: {args.packed_model} has {CARD_NAME} and espnet_rwkv in meta.yaml; {folder} is ready to upload")
 
 

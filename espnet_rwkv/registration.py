@@ -10,6 +10,9 @@ rebind those two names, nothing else, and edit no installed file:
   selectable transducer loss (``model_conf.transducer_loss``) and strict
   checkpoint loading.
 
+and add one choice, ``frontend: kaldi_fbank`` (``KaldiFbank``, the features
+sherpa-onnx computes), to the task's ``frontend_choices``.
+
 Every ESPnet entry point that builds a transducer model (training, collect
 stats, inference, packing, ``Speech2Text.from_pretrained``) goes through
 ``build_model``, so it sees both once ``register()`` has run. Called through
@@ -42,7 +45,9 @@ def register() -> None:
     import espnet2.tasks.asr_transducer as transducer_task
 
     from espnet_rwkv.asr.encoder import build_encoder
+    from espnet_rwkv.asr.kaldi_fbank import KaldiFbank
     from espnet_rwkv.asr.model import TransducerModel
 
     transducer_task.Encoder = build_encoder
     transducer_task.ESPnetASRTransducerModel = TransducerModel
+    transducer_task.frontend_choices.classes["kaldi_fbank"] = KaldiFbank

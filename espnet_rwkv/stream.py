@@ -3,6 +3,11 @@
     python -m espnet_rwkv.stream --model exp/asr_rwkv_bat audio.wav [more.wav ...]
     python -m espnet_rwkv.stream --model packed_model.zip --chunk_ms 160 a.wav
     arecord -f S16_LE -r 16000 -c 1 -t raw | python -m espnet_rwkv.stream --model m.zip -
+    python -m espnet_rwkv.stream --onnx exported_dir audio.wav   # onnxruntime only, no torch
+
+With ``--onnx`` (a dir from ``python -m espnet_rwkv.export_onnx``) the audio is
+decoded by onnxruntime as sherpa-onnx does (``espnet_rwkv.onnx.decoder``), in
+the export's chunk; torch and ESPnet are not imported.
 
 The model is a packed zip (asr.sh's packing stage) or an exp dir (config.yaml
 and a checkpoint; see ``--model_file``). Audio is 16 kHz mono: wav/flac files,
@@ -21,11 +26,8 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 import soundfile
-import torch
-from espnet2.asr_transducer.utils import TooShortUttError
 
-import espnet_rwkv.espnet  # noqa: F401  (registers the RWKV encoder with ESPnet)
-from espnet_rwkv.asr.recognizer import SAMPLE_RATE, StreamingRecognizer, load_speech2text
+SAMPLE_RATE = 16000
 
 
 class AudioError(ValueError):
@@ -62,7 +64,7 @@ def stdin_chunks(chunk: int) -> Iterator[np.ndarray]:
         yield np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
 
 
-def decode(recognizer: StreamingRecognizer, chunks: Iterator[np.ndarray], name: str) -> Tuple[List[float], float]:
+def decode(recognizer, chunks: Iterator[np.ndarray], name: str) -> Tuple[List[float], float]:
     """Stream one input, printing hypotheses as they change -> (compute s per decoding window, audio s)."""
     shown, times, samples = "", [], 0
     for chunk in chunks:
@@ -70,7 +72,7 @@ def decode(recognizer: StreamingRecognizer, chunks: Iterator[np.ndarray], name: 
             bad = samples + int(np.flatnonzero(~np.isfinite(chunk))[0])
             raise AudioError(f"has NaN or infinite samples (first at {bad / SAMPLE_RATE:.3f} s)")
         samples += chunk.size
-        for partial in recognizer.accept(torch.from_numpy(chunk)):
+        for partial in recognizer.accept(recognizer.as_input(chunk) if hasattr(recognizer, "as_input") else chunk):
             times.append(partial.compute_s)
             if partial.text != shown:
                 print(f"{name} {partial.end_s:7.2f}s partial: {partial.text}", flush=True)
@@ -87,7 +89,16 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m espnet_rwkv.stream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", required=True, help="packed model (.zip) or exp dir with config.yaml")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="packed model (.zip) or exp dir with config.yaml")
+    source.add_argument("--onnx", help="dir of encoder/decoder/joiner.onnx and tokens.txt (espnet_rwkv.export_onnx)")
+    parser.add_argument("--int8", action="store_true", help="--onnx: use the *.int8.onnx files")
+    parser.add_argument(
+        "--decoding_method",
+        default="greedy_search",
+        choices=["greedy_search", "modified_beam_search"],
+        help="--onnx: search (beam: --beam_size paths)",
+    )
     parser.add_argument(
         "--model_file", help="checkpoint in an exp dir (default valid.loss.ave.pth, then valid.loss.best.pth)"
     )
@@ -96,7 +107,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--beam_size", type=int, default=4)
     parser.add_argument("--left_context", type=int, default=32, help="attention left context (chunk conformer only)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch (onnxruntime) CPU threads")
     parser.add_argument("audio", nargs="+", help="16 kHz mono audio files, or - for raw s16le PCM on stdin")
     return parser
 
@@ -105,20 +116,11 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     if args.chunk_ms < 10:
         get_parser().error(f"--chunk_ms must be at least 10, got {args.chunk_ms}")
-    torch.set_num_threads(args.threads)
     try:
-        speech2text = load_speech2text(
-            args.model,
-            args.chunk_ms,
-            model_file=args.model_file,
-            beam_size=args.beam_size,
-            left_context=args.left_context,
-            device="cpu",
-        )
+        recognizer, errors = _onnx_recognizer(args) if args.onnx else _torch_recognizer(args)
     except (OSError, ValueError) as e:
-        print(f"espnet_rwkv.stream: error: cannot load model {args.model}: {e}", file=sys.stderr)
+        print(f"espnet_rwkv.stream: error: cannot load model {args.onnx or args.model}: {e}", file=sys.stderr)
         return 1
-    recognizer = StreamingRecognizer(speech2text)
     chunk = args.chunk_ms * SAMPLE_RATE // 1000
     failed = False
     for path in args.audio:
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         try:
             times, audio_s = decode(recognizer, chunks, name)
-        except (AudioError, TooShortUttError) as e:
+        except (AudioError, *errors) as e:
             print(f"espnet_rwkv.stream: error: {name}: {e}", file=sys.stderr)
             recognizer.reset()
             failed = True
@@ -140,6 +142,35 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
     return 1 if failed else 0
+
+
+def _torch_recognizer(args):
+    import torch
+    from espnet2.asr_transducer.utils import TooShortUttError
+
+    import espnet_rwkv.espnet  # noqa: F401  (registers the plugin in ESPnet)
+    from espnet_rwkv.asr.recognizer import StreamingRecognizer, load_speech2text
+
+    torch.set_num_threads(args.threads)
+    speech2text = load_speech2text(
+        args.model,
+        args.chunk_ms,
+        model_file=args.model_file,
+        beam_size=args.beam_size,
+        left_context=args.left_context,
+        device="cpu",
+    )
+    recognizer = StreamingRecognizer(speech2text)
+    recognizer.as_input = torch.from_numpy
+    return recognizer, (TooShortUttError,)
+
+
+def _onnx_recognizer(args):
+    """The export's own chunk (``decode_chunk_len``) is its decoding window; ``--chunk_ms`` sets the reads."""
+    from espnet_rwkv.onnx.decoder import OnnxStreamingRecognizer, OnnxTransducer
+
+    model = OnnxTransducer(args.onnx, int8=args.int8, threads=args.threads)
+    return OnnxStreamingRecognizer(model, args.decoding_method, max_active_paths=args.beam_size), ()
 
 
 if __name__ == "__main__":

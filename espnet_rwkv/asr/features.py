@@ -13,6 +13,8 @@ from espnet2.asr.frontend.default import DefaultFrontend
 from espnet2.layers.global_mvn import GlobalMVN
 from typeguard import typechecked
 
+from espnet_rwkv.asr.kaldi_fbank import Framing, KaldiFbank
+
 
 class ExactAudioProcessor:
     """Streamed features equal to the model's full-utterance features.
@@ -27,7 +29,8 @@ class ExactAudioProcessor:
 
     Args:
         model: ESPnet transducer model with a ``DefaultFrontend`` (its
-            multi-channel enhancement never runs on mono audio) and
+            multi-channel enhancement never runs on mono audio) or a
+            ``kaldi_fbank`` front end (its own framing, ``Framing``), and
             ``global_mvn`` or no normalization (per-utterance normalization
             cannot stream exactly).
     """
@@ -35,18 +38,18 @@ class ExactAudioProcessor:
     @typechecked
     def __init__(self, model: torch.nn.Module):
         frontend = model.frontend
-        if not isinstance(frontend, DefaultFrontend) or frontend.stft is None:
-            raise ValueError(f"exact streaming needs ESPnet's DefaultFrontend with an STFT, got {frontend!r}")
         if model.normalize is not None and not isinstance(model.normalize, GlobalMVN):
             raise ValueError(
                 f"exact streaming needs global_mvn or no normalization, got {type(model.normalize).__name__} "
                 "(it depends on the whole utterance)"
             )
-        stft = frontend.stft
+        framing = _framing(frontend)
         self.model = model
-        self.hop = stft.hop_length
-        self.n_fft = stft.n_fft
-        self.pad = stft.n_fft // 2 if stft.center else 0
+        self.hop = framing.hop
+        # Frame g reads samples hop*g - pad ... hop*g - pad + n_fft - 1.
+        self.n_fft = framing.length
+        self.pad = framing.lead
+        self.min_samples = framing.min_samples
         self.margin = -(-self.pad // self.hop)
         self.reset()
 
@@ -67,11 +70,11 @@ class ExactAudioProcessor:
         base = self.samples_start // self.hop  # global index of the buffer's frame 0
         first = self.frames_out
         if is_final:
-            feats = self._features(buf) if buf.numel() > self.pad else None
+            feats = self._features(buf) if buf.numel() >= self.min_samples else None
             end = base + (feats.size(1) if feats is not None else 0)
         else:
             end = max(first, (total + self.pad - self.n_fft) // self.hop + 1)
-            if buf.numel() <= self.pad:  # frame 0's reflection padding reads sample n_fft / 2
+            if buf.numel() < self.min_samples:  # e.g. frame 0's reflection padding reads sample n_fft / 2
                 end = first
             feats = self._features(buf) if end > first else None
         if feats is None:
@@ -101,3 +104,16 @@ class ExactAudioProcessor:
     def state_nbytes(self) -> int:
         """Bytes of audio carried between calls."""
         return self.samples.nbytes
+
+
+def _framing(frontend) -> Framing:
+    """Which samples each feature frame reads: a kaldi_fbank front end says; DefaultFrontend's STFT."""
+    if isinstance(frontend, KaldiFbank):
+        return frontend.framing
+    if not isinstance(frontend, DefaultFrontend) or frontend.stft is None:
+        raise ValueError(
+            f"exact streaming needs ESPnet's DefaultFrontend with an STFT or kaldi_fbank, got {frontend!r}"
+        )
+    stft = frontend.stft
+    pad = stft.n_fft // 2 if stft.center else 0
+    return Framing(stft.hop_length, pad, stft.n_fft, pad + 1)
