@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""Build the synth_en corpus offline: fortunes sentences spoken by espeak-ng and flite.
+"""Build a synth_en corpus offline: English spoken by espeak-ng and flite voices.
 
-Writes Kaldi-style data dirs (wav.scp, text, utt2spk, spk2utt; sorted) for
-train, dev and test. Sentences are disjoint across sets; the test voices are
-never used for train or dev. Every choice (sentence, voice, rate, pitch,
-tempo, gain, noise) comes from --seed and the utterance's index, so a rerun
-writes the same bytes; finished wavs are kept, so an interrupted run resumes.
+Two tasks:
+  digits     spoken digit strings ("SEVEN OH THREE ..."), the task a 2-core CPU can learn in
+             minutes, as ESPnet's yesno and mini_an4 recipes are for theirs;
+  sentences  open-vocabulary sentences from Debian's fortunes, the task for a GPU.
+
+Writes Kaldi-style data dirs (wav.scp, text, utt2spk, spk2utt; sorted) for train, dev and
+test. Train, dev and test voices are disjoint: dev and test measure speakers never heard in
+training, and dev (used to pick and average checkpoints) shares no voice with test. Every
+utterance is brought to one loudness (-20 dBFS RMS) before training's augmentation (tempo,
+speed and pitch perturbation, gain, noise), as corpora are level-normalized; flite's voices differ by up to 15 dB
+otherwise. Every choice comes from --seed and the utterance's index, so a rerun writes the same
+bytes; finished wavs are kept, so an interrupted run resumes.
 """
 
 import argparse
@@ -15,6 +22,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from multiprocessing import Pool
 from pathlib import Path
 from typing import NamedTuple
@@ -23,14 +31,25 @@ import numpy as np
 import soundfile
 
 SAMPLE_RATE = 16000
+LEVEL_DBFS = -20.0
+DIGITS = ["ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE"]
+
 ESPEAK_TRAIN_LANGS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc"]
-ESPEAK_TRAIN_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "f1", "f2", "f3", "klatt", "klatt2", "croak"]
-FLITE_TRAIN_VOICES = ["kal16", "awb", "rms"]
-# Unseen in training: an accent and two variants espeak-ng never trains on, and flite's slt.
+# espeak-ng's voice variants (`espeak-ng --voices=variant`) but the held-out ones and the whispers.
+ESPEAK_HELD_OUT_VARIANTS = {"f4", "m7", "f5", "m6", "whisper", "whisperf"}
+ESPEAK_VARIANTS = """adam Alex Alicia Andrea Andy Annie antonio aunty belinda benjamin boris caleb david Demonic Denis
+Diogo ed edward edward2 Gene Gene2 gustave announcer Henrique Hugo iven iven2 iven3 iven4 Jacky john kaukovalta Lee linda
+marcelo Marco Mario max Michael michel miguel Mike Mr Nguyen pablo paul pedro quincy RicishayMax RicishayMax2 RicishayMax3
+rob robert robosoft robosoft2 robosoft3 robosoft4 robosoft5 robosoft6 robosoft7 robosoft8 steph steph2 steph3 Storm
+Tweaky UniRobot zac anika anikaRobot AnxiousAndy fast f1 f2 f3 f4 f5 whisperf grandpa klatt klatt2 klatt3 klatt4 klatt5
+klatt6 m1 m2 m3 m4 m5 m6 m7 m8 norbert sandro shelby travis victor whisper croak grandma""".split()
+ESPEAK_TRAIN_VARIANTS = [v for v in ESPEAK_VARIANTS if v not in ESPEAK_HELD_OUT_VARIANTS]
+# flite has three male voices to train on; random pitch shifts (sox) widen them towards other speakers.
+FLITE_TRAIN_VOICES = ["awb", "rms", "kal16"]
+FLITE_TRAIN_SHARE = 0.3
+DEV_VOICES = [("espeak", "en-us+f5"), ("espeak", "en-gb-scotland+m6"), ("flite", "kal")]
+# An accent and two variants that training never hears, and flite's only female voice.
 TEST_VOICES = [("espeak", "en-gb-x-rp+m7"), ("espeak", "en-gb-x-rp+f4"), ("flite", "slt")]
-TRAIN_VOICES = [("espeak", f"{lang}+{var}") for lang in ESPEAK_TRAIN_LANGS for var in ESPEAK_TRAIN_VARIANTS] + [
-    ("flite", voice) for voice in FLITE_TRAIN_VOICES
-]
 
 
 class Utterance(NamedTuple):
@@ -39,7 +58,7 @@ class Utterance(NamedTuple):
     speaker: str
     engine: str
     voice: str
-    sentence: str
+    text: str
     seed: int
 
 
@@ -61,79 +80,87 @@ def read_sentences(fortunes_dir: Path, min_words: int, max_words: int):
     return sorted(sentences)
 
 
+def digit_strings(count: int, min_words: int, max_words: int, rng: random.Random):
+    """``count`` distinct digit strings of min..max digits; zero is spoken "OH" one time in three."""
+    strings = set()
+    while len(strings) < count:
+        digits = [rng.randrange(10) for _ in range(rng.randint(min_words, max_words))]
+        strings.add(" ".join("OH" if d == 0 and rng.random() < 1 / 3 else DIGITS[d] for d in digits))
+    return sorted(strings)
+
+
 def speaker_id(engine: str, voice: str) -> str:
     return f"{engine}_{voice.replace('+', '_')}"
 
 
+def train_voice(rng: random.Random):
+    if rng.random() < FLITE_TRAIN_SHARE:
+        return "flite", rng.choice(FLITE_TRAIN_VOICES)
+    return "espeak", f"{rng.choice(ESPEAK_TRAIN_LANGS)}+{rng.choice(ESPEAK_TRAIN_VARIANTS)}"
+
+
 def plan(args):
-    """Every utterance of every set, in a fixed order."""
-    sentences = read_sentences(Path(args.fortunes_dir), args.min_words, args.max_words)
+    """Every utterance of every set, in a fixed order; texts are disjoint across sets."""
     sizes = {"train": args.num_train, "dev": args.num_dev, "test": args.num_test}
-    if sum(sizes.values()) > len(sentences):
-        sys.exit(f"synthesize.py: asked for {sum(sizes.values())} utterances, fortunes have {len(sentences)} sentences")
     rng = random.Random(args.seed)
-    rng.shuffle(sentences)
+    if args.task == "digits":
+        texts = digit_strings(sum(sizes.values()), args.min_words, args.max_words, rng)
+    else:
+        texts = read_sentences(Path(args.fortunes_dir), args.min_words, args.max_words)
+        if sum(sizes.values()) > len(texts):
+            sys.exit(f"synthesize.py: asked for {sum(sizes.values())} utterances, fortunes have {len(texts)} sentences")
+    rng.shuffle(texts)
     items, offset = [], 0
     for split, size in sizes.items():
-        voices = TEST_VOICES if split == "test" else TRAIN_VOICES
         for i in range(size):
-            engine, voice = voices[i % len(voices)]
-            spk = speaker_id(engine, voice)
             seed = args.seed * 1_000_003 + offset + i
-            items.append(Utterance(split, f"{spk}-{split}{i:06d}", spk, engine, voice, sentences[offset + i], seed))
+            if split == "train":
+                engine, voice = train_voice(random.Random(seed))
+            else:
+                engine, voice = (TEST_VOICES if split == "test" else DEV_VOICES)[i % 3]
+            spk = speaker_id(engine, voice)
+            items.append(Utterance(split, f"{spk}-{split}{i:06d}", spk, engine, voice, texts[offset + i], seed))
         offset += size
     return items
 
 
-def synthesize(item: Utterance, wav_dir: Path, perturb: bool) -> Path:
-    split, utt, _, engine, voice, sentence, seed = item
+def synthesize(item: Utterance, wav_dir: Path) -> Path:
+    split, utt, _, engine, voice, text, seed = item
     out = wav_dir / split / f"{utt}.wav"
     if out.exists():
         return out
+    augment = split == "train"
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
         if engine == "espeak":
-            cmd = [
-                "espeak-ng",
-                "-v",
-                voice,
-                "-s",
-                str(rng.randint(130, 190)),
-                "-p",
-                str(rng.randint(30, 70)),
-                "-w",
-                raw,
-                sentence.lower(),
-            ]
+            rate, pitch = (rng.randint(120, 200), rng.randint(20, 80)) if augment else (160, 50)
+            cmd = ["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch), "-w", raw, text.lower()]
         else:
-            cmd = [
-                "flite",
-                "-voice",
-                voice,
-                "--setf",
-                f"duration_stretch={rng.uniform(0.85, 1.15):.3f}",
-                "-t",
-                sentence.lower(),
-                "-o",
-                raw,
-            ]
+            stretch = rng.uniform(0.85, 1.15) if augment else 1.0
+            cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={stretch:.3f}", "-t", text.lower(), "-o", raw]
         subprocess.run(cmd, check=True, capture_output=True)
-        effects = ["tempo", f"{rng.uniform(0.9, 1.1):.3f}", "gain", f"{rng.uniform(-6, 0):.2f}"] if perturb else []
+        effects = []
+        if augment:
+            # Speed perturbation scales pitch and formants together, as a shorter or longer vocal tract
+            # would; flite's three voices are also shifted in pitch alone, towards other speakers.
+            effects += ["speed", f"{rng.uniform(0.85, 1.15):.3f}"]
+            if engine == "flite":
+                effects += ["pitch", f"{rng.uniform(-500, 900):.0f}"]
         resampled = Path(tmp) / "16k.wav"  # -R -D: no random dither, so a rerun writes the same bytes
-        subprocess.run(
-            ["sox", "-R", "-D", raw, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", resampled, *effects],
-            check=True,
-            capture_output=True,
-        )
+        sox = ["sox", "-R", "-D", raw, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "32", "-e", "float", resampled]
+        subprocess.run([*sox, *effects], check=True, capture_output=True)
         audio, rate = soundfile.read(resampled, dtype="float32")
-        if perturb:
-            snr_db = rng.uniform(20, 40)
+        rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) if audio.size else 0.0
+        if rms == 0.0 or not np.isfinite(audio).all():
+            raise RuntimeError(f"{engine} {voice} produced no usable audio for {utt}: {text!r}")
+        gain_db = LEVEL_DBFS - 20 * np.log10(rms) + (rng.uniform(-10, 6) if augment else 0.0)
+        audio = audio * np.float32(10 ** (gain_db / 20))
+        if augment:
+            snr_db = rng.uniform(15, 40)
             noise = np.random.default_rng(seed).standard_normal(audio.shape).astype(np.float32)
             audio = audio + noise * np.sqrt(np.mean(audio**2) / 10 ** (snr_db / 10))
-            audio = np.clip(audio, -1.0, 1.0)
-        if audio.size == 0 or not np.isfinite(audio).all():
-            raise RuntimeError(f"{engine} {voice} produced no usable audio for {utt}: {sentence!r}")
+        audio = np.clip(audio, -1.0, 1.0)
         partial = out.with_suffix(".partial.wav")
         soundfile.write(partial, audio, rate, subtype="PCM_16")
         os.replace(partial, out)  # a killed run never leaves a truncated wav under the final name
@@ -148,7 +175,7 @@ def write_data_dir(data_dir: Path, items, wav_dir: Path):
         spk2utt.setdefault(it.speaker, []).append(it.utt)
     files = {
         "wav.scp": [f"{it.utt} {(wav_dir / it.split / f'{it.utt}.wav').resolve()}" for it in items],
-        "text": [f"{it.utt} {it.sentence}" for it in items],
+        "text": [f"{it.utt} {it.text}" for it in items],
         "utt2spk": [f"{it.utt} {it.speaker}" for it in items],
         "spk2utt": [f"{spk} {' '.join(utts)}" for spk, utts in sorted(spk2utt.items())],
     }
@@ -160,6 +187,7 @@ def write_data_dir(data_dir: Path, items, wav_dir: Path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=("digits", "sentences"), default="sentences")
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--wav_dir", default="downloads/synth_en")
     parser.add_argument("--fortunes_dir", default="/usr/share/games/fortunes")
@@ -173,19 +201,20 @@ def main():
     args = parser.parse_args()
 
     items = plan(args)
-    wav_dir = Path(args.wav_dir)
+    wav_dir = Path(args.wav_dir) / args.task
     for split in ("train", "dev", "test"):
         (wav_dir / split).mkdir(parents=True, exist_ok=True)
-    done = 0
+    start = time.monotonic()
     with Pool(args.nj) as pool:
-        jobs = [pool.apply_async(synthesize, (item, wav_dir, item.split != "test")) for item in items]
-        for job in jobs:
-            job.get()
-            done += 1
-            if done % 200 == 0 or done == len(items):
-                print(f"synthesize.py: {done}/{len(items)} utterances", flush=True)
+        for done, _ in enumerate(pool.imap(_synthesize, [(item, wav_dir) for item in items], chunksize=8), 1):
+            if done % 500 == 0 or done == len(items):
+                print(f"synthesize.py: {done}/{len(items)} utterances, {time.monotonic() - start:.0f} s", flush=True)
     for split in ("train", "dev", "test"):
         write_data_dir(Path(args.data_dir) / split, [it for it in items if it.split == split], wav_dir)
+
+
+def _synthesize(args):
+    return synthesize(*args)
 
 
 if __name__ == "__main__":
