@@ -41,8 +41,9 @@ ESPEAK_VARIANTS = """adam Alex Alicia Andrea Andy Annie antonio aunty belinda be
 Diogo ed edward edward2 Gene Gene2 gustave announcer Henrique Hugo iven iven2 iven3 iven4 Jacky john kaukovalta
 Lee linda marcelo Marco Mario max Michael michel miguel Mike Mr Nguyen pablo paul pedro quincy RicishayMax RicishayMax2
 RicishayMax3 rob robert robosoft robosoft2 robosoft3 robosoft4 robosoft5 robosoft6 robosoft7 robosoft8
-steph steph2 steph3 Storm Tweaky UniRobot zac anika anikaRobot AnxiousAndy fast f1 f2 f3 f4 f5 whisperf grandpa klatt klatt2 klatt3 klatt4 klatt5
-klatt6 m1 m2 m3 m4 m5 m6 m7 m8 norbert sandro shelby travis victor whisper croak grandma""".split()
+steph steph2 steph3 Storm Tweaky UniRobot zac anika anikaRobot AnxiousAndy fast f1 f2 f3 f4 f5 whisperf grandpa
+klatt klatt2 klatt3 klatt4 klatt5 klatt6 m1 m2 m3 m4 m5 m6 m7 m8 norbert sandro shelby travis victor
+whisper croak grandma""".split()
 ESPEAK_TRAIN_VARIANTS = [v for v in ESPEAK_VARIANTS if v not in ESPEAK_HELD_OUT_VARIANTS]
 # flite has three male voices to train on; random pitch shifts (sox) widen them towards other speakers.
 FLITE_TRAIN_VOICES = ["awb", "rms", "kal16"]
