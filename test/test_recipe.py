@@ -400,7 +400,7 @@ def test_data_sh_reruns_identically_and_resumes(workdir):
     assert snapshot(workdir) == first, "a second run must not change or duplicate anything"
 
     # An interrupted run: a wav never finished (only its partial file exists) and a table was not written.
-    wav = next((workdir / "downloads" / "synth_en" / "train").glob("*.wav"))
+    wav = next((workdir / "downloads" / "synth_en" / "sentences" / "train").glob("*.wav"))
     wav.rename(wav.with_suffix(".partial.wav"))
     (workdir / "data" / "train" / "text").unlink()
     run_data_sh(workdir)
