@@ -247,6 +247,22 @@ def test_launcher_destroys_the_process_group_the_target_leaves(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "open at exit: False"
 
 
+def test_launcher_flushes_denormals_in_the_target_and_its_threads():
+    # Training from scratch on a CPU underflows Adam's moments; denormal arithmetic is ~100x slower.
+    code = (
+        "import threading, torch\n"
+        "tiny = torch.tensor([1e-30]) * 1e-9\n"
+        "print((tiny * 1).item() == 0)\n"
+        "t = threading.Thread(target=lambda: print((tiny * 1).item() == 0)); t.start(); t.join()\n"
+    )
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert plain.stdout.split() == ["False", "False"], "this CPU keeps denormals by default"
+    out = subprocess.run(
+        [sys.executable, "-m", "espnet_rwkv.launch", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "True"]
+
+
 def test_launcher_usage_errors():
     out = subprocess.run(
         [sys.executable, "-m", "espnet_rwkv.launch", "-m", "no.such.module"], capture_output=True, text=True
