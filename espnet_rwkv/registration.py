@@ -19,7 +19,11 @@ stats, inference, packing, ``Speech2Text.from_pretrained``) goes through
 ``espnet_rwkv.register()``; importing this module changes nothing yet.
 """
 
+import contextlib
+import importlib
 import importlib.metadata
+import io
+import sys
 
 from espnet_rwkv import SUPPORTED_ESPNET, __version__
 
@@ -39,9 +43,25 @@ def check_espnet_version() -> None:
         )
 
 
+# Printed to stderr by this ESPnet module's import wherever the optional flash-attn is absent: once per
+# process, so dozens of times over a recipe, and read as a failure. The transducer task never uses it.
+_FLASH_ATTN_MODULE = "espnet2.legacy.nets.pytorch_backend.transformer.attention"
+_FLASH_ATTN_NOTICE = "Failed to import Flash Attention"
+
+
+def _import_without_flash_attn_notice() -> None:
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(captured):
+        importlib.import_module(_FLASH_ATTN_MODULE)
+    for line in captured.getvalue().splitlines():
+        if not line.startswith(_FLASH_ATTN_NOTICE):
+            print(line, file=sys.stderr)
+
+
 def register() -> None:
     """Rebind ESPnet's transducer task to the plugin's builders (idempotent)."""
     check_espnet_version()
+    _import_without_flash_attn_notice()
     import espnet2.tasks.asr_transducer as transducer_task
 
     from espnet_rwkv.asr.encoder import build_encoder

@@ -195,11 +195,13 @@ def main():
     parser.add_argument("--num_train", type=int, default=3000)
     parser.add_argument("--num_dev", type=int, default=150)
     parser.add_argument("--num_test", type=int, default=150)
-    parser.add_argument("--min_words", type=int, default=3)
-    parser.add_argument("--max_words", type=int, default=20)
+    parser.add_argument("--min_words", type=int, help="words an utterance (default: digits 3, sentences 3)")
+    parser.add_argument("--max_words", type=int, help="(default: digits 7, as TIDIGITS' strings; sentences 20)")
     parser.add_argument("--nj", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    args.min_words = args.min_words or 3
+    args.max_words = args.max_words or (7 if args.task == "digits" else 20)
 
     items = plan(args)
     wav_dir = Path(args.wav_dir) / args.task
