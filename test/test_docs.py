@@ -40,12 +40,15 @@ def github_anchor(heading: str) -> str:
 
 
 def _sections(page: Path):
-    """(anchors of every heading, titles of the ``##`` sections in order) of a page."""
-    headings = [
-        line.lstrip("#").strip() for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("#")
-    ]
-    sections = [line[3:].strip() for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("## ")]
-    return {github_anchor(h) for h in headings}, sections
+    """(anchors of every heading, titles of the ``##`` sections in order) of a page; code blocks skipped."""
+    headings, in_code = [], False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif line.startswith("#") and not in_code:
+            headings.append(line)
+    sections = [h[3:].strip() for h in headings if h.startswith("## ")]
+    return {github_anchor(h.lstrip("#")) for h in headings}, sections
 
 
 def citation_errors(files):
