@@ -72,7 +72,8 @@ def citation_errors(files):
 
 
 def test_every_docs_citation_points_at_an_existing_page_and_section():
-    files = list(_tracked_text_files())
+    this_file = str(Path(__file__).resolve().relative_to(ROOT))  # its examples below are broken on purpose
+    files = [(name, text) for name, text in _tracked_text_files() if name != this_file]
     assert any(CITATION.search(text) for _, text in files), "no citation found: is the pattern still right?"
     assert citation_errors(files) == []
 
