@@ -2,7 +2,8 @@
 no local tooling or diary files are named in them.
 
 A citation is ``docs/<page>.md``, optionally naming a section as ``docs/<page>.md#<anchor>``
-(GitHub's anchor of a heading) or ``docs/<page>.md §<n>`` (the n-th ``##`` section).
+(GitHub's anchor of a heading) or ``docs/<page>.md §<n>`` (the n-th ``##`` section). Inside
+docs/, markdown links to a sibling page (``[rwkv.md](rwkv.md#stable-form)``) are citations too.
 """
 
 import re
@@ -13,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CITATION = re.compile(r"docs/([\w-]+)\.md(?:#([\w-]+)|\s*§\s*(\d+))?")
+SIBLING_LINK = re.compile(r"\]\(([\w-]+)\.md(?:#([\w-]+))?()\)")  # same groups as CITATION
 # Spelled in pieces so that this file does not name them itself.
 FORBIDDEN = ("NOTES" + ".md", "." + "peers", "." + "gpurun")
 
@@ -56,7 +58,8 @@ def citation_errors(files):
     errors = []
     for name, text in files:
         for line_no, line in enumerate(text.splitlines(), start=1):
-            for match in CITATION.finditer(line):
+            links = SIBLING_LINK.finditer(line) if name.startswith("docs/") else ()
+            for match in [*CITATION.finditer(line), *links]:
                 page_name, anchor, number = match.groups()
                 page = ROOT / "docs" / f"{page_name}.md"
                 where = f"{name}:{line_no}: {match.group(0)!r}"
@@ -66,7 +69,7 @@ def citation_errors(files):
                 anchors, sections = _sections(page)
                 if anchor is not None and anchor not in anchors:
                     errors.append(f"{where}: no heading with anchor #{anchor} (have {sorted(anchors)})")
-                if number is not None and not 1 <= int(number) <= len(sections):
+                if number and not 1 <= int(number) <= len(sections):
                     errors.append(f"{where}: docs/{page_name}.md has {len(sections)} sections")
     return errors
 
@@ -84,9 +87,11 @@ def test_a_missing_page_or_section_is_reported():
         ("b.py", "see docs/rwkv.md#no-such-heading"),
         ("c.py", "see docs/rwkv.md §99"),
         ("d.py", "see docs/rwkv.md#stable-form and docs/rwkv.md §1"),
+        ("docs/e.md", "[a](bat.md) and [b](rwkv.md#no-such-heading)"),
+        ("f.py", "[b](rwkv.md#no-such-heading) is no citation outside docs/"),
     ]
     errors = citation_errors(files)
-    assert [e.split(":")[0] for e in errors] == ["a.py", "b.py", "c.py"], errors
+    assert [e.split(":")[0] for e in errors] == ["a.py", "b.py", "c.py", "docs/e.md"], errors
 
 
 def test_no_local_tooling_or_diary_is_named():
