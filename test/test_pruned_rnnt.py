@@ -199,7 +199,10 @@ def test_bad_input_raises_clear_error(change, message):
 
 @pytest.mark.gpu
 def test_equals_fast_rnnt_on_the_same_windows():
-    """k2's standalone pruned loss (fast_rnnt, where installed; docs/kernels.md) on the same windows."""
+    """k2's standalone pruned loss (fast_rnnt, where installed) on the same windows.
+
+    docs/kernels.md#tests-and-benchmarks
+    """
     fast_rnnt = pytest.importorskip("fast_rnnt")
     g = torch.Generator().manual_seed(11)
     B, T, U, V, S = 4, 30, 12, 9, 4

@@ -3,9 +3,11 @@
 //
 // Utterance b has frames t < T_b and, at frame t, the window of S labels
 // u = start[t] + s. With slots s instead of labels and d_t = start[t] - start[t-1]:
-//   alpha(t, s) = logaddexp(alpha(t-1, s + d_t) + blank(t-1, s + d_t), alpha(t, s-1) + emit(t,
-//   s-1)) beta(t, s)  = logaddexp(blank(t, s) + next(t, s), emit(t, s) + beta(t, s+1)) next(t, s)
-//   = beta(t+1, s - d_{t+1}), or at the last frame 0 in the slot of U_b.
+//   alpha(t, s) = logaddexp(alpha(t-1, s + d_t) + blank(t-1, s + d_t),
+//                           alpha(t, s-1) + emit(t, s-1))
+//   beta(t, s)  = logaddexp(blank(t, s) + next(t, s), emit(t, s) + beta(t, s+1))
+//   next(t, s)  = beta(t+1, s - d_{t+1}), or at the last frame 0 in the slot of U_b
+// (docs/bat.md#the-pruned-lattice).
 // Time is serial; within a frame each recursion is x_s = logaddexp(e_s, c_s + x_{s-1}),
 // a chain of maps x -> logaddexp(e, c + x) that compose into maps of the same
 // form, so one warp per utterance and direction (alpha or beta) scans a frame's

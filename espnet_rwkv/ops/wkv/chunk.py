@@ -39,7 +39,7 @@ def wkv_chunk(
 
     Row t of the (T+1, T) weighting is output t (rows 0..T-1) or the state
     after the chunk (row T); every row also weighs the carried state, and
-    is taken relative to its maximum exponent (docs/rwkv.md, stable form).
+    is taken relative to its maximum exponent (docs/rwkv.md#stable-form).
 
     Args:
         k, v: (T, C) float32.

@@ -4,7 +4,7 @@ Time is cut into chunks of ``chunk_size`` frames. Inside a chunk every output
 is a masked weighted sum over the chunk's frames (parallel over time); across
 chunks only the (a, b, p) state summary is carried, by a short scan of
 T / chunk_size steps. Every exponent is taken relative to a running maximum,
-so |k| of any size stays finite (RWKV-4 numerics, docs/rwkv.md).
+so |k| of any size stays finite (RWKV-4 numerics, docs/rwkv.md#stable-form).
 
 Autograd differentiates through it, including the initial state.
 """
