@@ -17,6 +17,7 @@ false``; any other config is refused with the key to change. Decode with
 import argparse
 import sys
 
+import espnet_rwkv.espnet  # noqa: F401  (first: registers the plugin before ESPnet's modules load)
 from espnet_rwkv.onnx.export import NotExportableError, export_model, load_model
 
 

@@ -1,4 +1,4 @@
-"""Console progress of an ESPnet training run, read from its log as the run writes it.
+"""Console progress of ESPnet training and decoding, read from their logs as asr.sh writes them.
 
 asr.sh sends a training run's output to ``exp/<asr>/train.log`` and prints only
 that path: on a CPU the console stays silent for many minutes. This follows the
@@ -9,8 +9,15 @@ log and prints one line per logged interval and one per epoch::
 
     python -m espnet_rwkv.progress --log exp/asr_rwkv_bat/train.log --label rwkv_bat --pid <asr.sh pid>
 
-It stops when the log says training finished or when process ``--pid`` ends.
-ESPnet's log is unchanged and complete; this only reads it.
+Given a decode folder (``exp/<asr>/decode_<tag>``), it counts the utterances that
+ESPnet's inference jobs have finished (``Final best hypothesis`` lines in
+``<test set>/logdir/asr_inference.*.log``; the decode config sets
+``display_hypotheses: true``) against the keys asr.sh split among them::
+
+    [rwkv_bat full] decoded 120/300 utterances | 45s elapsed, ETA 1m07s
+
+It stops when the training log says training finished or when process ``--pid`` ends.
+ESPnet's logs are unchanged and complete; this only reads them.
 """
 
 import argparse
@@ -169,15 +176,62 @@ def report(lines: Iterable[str], progress: TrainingProgress, out=sys.stdout) -> 
             return
 
 
+_DECODED = "Final best hypothesis"
+
+
+def decode_progress(decode_dir: Path, label: str, pid: Optional[int], poll: float = 1.0, out=sys.stdout) -> None:
+    """Print a line per tenth of the utterances decoded under ``decode_dir``, until process ``pid`` ends.
+
+    Only files written since this call count: a rerun's folder holds the last run's logs.
+    """
+    since = time.time() - 1.0
+    start = time.monotonic()
+    shown = 0
+    while True:
+        alive = pid is None or _alive(pid)
+        total = sum(_count_lines(path) for path in _fresh(decode_dir.glob("*/logdir/keys.*.scp"), since))
+        done = sum(
+            _count_lines(path, _DECODED) for path in _fresh(decode_dir.glob("*/logdir/asr_inference.*.log"), since)
+        )
+        step = max(total // 10, 1)
+        if total and (done // step > shown // step or done == total > shown):
+            elapsed = time.monotonic() - start
+            eta = f", ETA {_duration(elapsed / done * (total - done))}" if 0 < done < total else ""
+            print(
+                f"[{label}] decoded {done}/{total} utterances | {_duration(elapsed)} elapsed{eta}", file=out, flush=True
+            )
+            shown = done
+        if not alive or (total and shown == total):
+            return
+        time.sleep(poll)
+
+
+def _fresh(paths: Iterable[Path], since: float) -> List[Path]:
+    return [path for path in paths if path.stat().st_mtime >= since]
+
+
+def _count_lines(path: Path, containing: Optional[str] = None) -> int:
+    with open(path, errors="replace") as handle:
+        return sum(1 for line in handle if containing is None or containing in line)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m espnet_rwkv.progress", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--log", required=True, type=Path, help="ESPnet training log to follow")
+    parser.add_argument(
+        "--log",
+        required=True,
+        type=Path,
+        help="ESPnet training log to follow, or a decode folder (exp/<asr>/decode_<tag>)",
+    )
     parser.add_argument("--label", default="train", help="name shown at the start of each line")
     parser.add_argument("--pid", type=int, help="stop when this process ends (the asr.sh that trains)")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between reads of the log")
     args = parser.parse_args(argv)
+    if args.log.is_dir() or args.log.name.startswith("decode_"):
+        decode_progress(args.log, args.label, args.pid, args.poll)
+        return 0
     report(follow(args.log, args.pid, args.poll), TrainingProgress(args.label))
     return 0
 

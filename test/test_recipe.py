@@ -40,7 +40,8 @@ def recipe_yamls():
 
 
 YAMLS = recipe_yamls()
-TRAIN_CONFIGS = [p for p in YAMLS if p.parent.name == "tuning" and p.name.startswith("train_")]
+# A paper recipe's training configs are in conf/tuning, linked from conf/; synth_en's in conf/<task>/.
+TRAIN_CONFIGS = [p for p in YAMLS if p.parent.name != "conf" and p.name.startswith("train_")]
 TRAIN_LINKS = [p for p in YAMLS if p.parent.name == "conf" and p.name.startswith("train_")]
 DECODE_CONFIGS = [p for p in YAMLS if p.parent.name == "conf" and p.name.startswith("decode_")]
 # The one decode a recipe leaves out, and why (see its run.sh): ESPnet 202611's chunk conformer with
@@ -50,7 +51,8 @@ ALL_DECODES = {"full", "streaming_160ms", "streaming_320ms", "streaming_640ms"}
 
 
 def recipe_id(path: Path) -> str:
-    return f"{path.relative_to(EGS2).parts[0]}/{path.name}"
+    parts = path.relative_to(EGS2).parts
+    return "/".join([parts[0], *parts[3:-1], path.name]) if parts[3:-1] != ("tuning",) else f"{parts[0]}/{path.name}"
 
 
 def test_every_yaml_is_a_train_config_a_link_to_one_or_a_decode_config():
@@ -59,10 +61,10 @@ def test_every_yaml_is_a_train_config_a_link_to_one_or_a_decode_config():
 
 
 def test_train_configs_are_linked_from_tuning():
-    for config in TRAIN_CONFIGS:
+    for config in [p for p in TRAIN_CONFIGS if p.parent.name == "tuning"]:
         link = config.parents[1] / config.name
         assert link.is_symlink() and os.readlink(link) == f"tuning/{config.name}", link
-    assert {link.resolve() for link in TRAIN_LINKS} == set(TRAIN_CONFIGS)
+    assert {link.resolve() for link in TRAIN_LINKS} == {p for p in TRAIN_CONFIGS if p.parent.name == "tuning"}
 
 
 BUDGET = re.compile(r"^# Parameters with (?:a|the) (\d+)\D.*?: ([\d.]+) M; (train_\w+\.yaml): ([\d.]+) M\.$", re.M)
@@ -110,9 +112,12 @@ def test_train_config_builds_with_its_stated_size_and_steps(config, tmp_path):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.parent.name)
-def test_systems_share_a_parameter_budget_and_a_frontend(recipe):
-    configs = {p.name: p for p in TRAIN_CONFIGS if p.parents[2] == recipe}
+CONFIG_DIRS = sorted({p.parent for p in TRAIN_CONFIGS})
+
+
+@pytest.mark.parametrize("config_dir", CONFIG_DIRS, ids=lambda d: str(d.relative_to(EGS2)))
+def test_systems_share_a_parameter_budget_and_a_frontend(config_dir):
+    configs = {p.name: p for p in TRAIN_CONFIGS if p.parent == config_dir}
     assert {"train_rwkv_bat.yaml", "train_conformer_chunk.yaml"} <= configs.keys()
     budgets = {name: stated_budget(path) for name, path in configs.items()}
     for name, (vocab, _millions, other, other_millions) in budgets.items():
@@ -125,18 +130,38 @@ def test_systems_share_a_parameter_budget_and_a_frontend(recipe):
         assert len({repr(s.get(key)) for s in settings}) == 1, key
 
 
-def run_sh_decodes(recipe: Path):
-    """{system: [decode, ...]} from run.sh's ``declare -A decodes=(...)``."""
-    block = re.search(r"declare -A decodes=\((.*?)\n\)", (recipe / "run.sh").read_text(), re.S)[1]
+def run_sh_decodes(recipe: Path, task: str = ""):
+    """{system: [decode, ...]} from run.sh's ``declare -A decodes=(...)`` (the one of ``task)``, in synth_en)."""
+    text = (recipe / "run.sh").read_text()
+    if task:
+        text = text[text.index(f"    {task})") :]
+    block = re.search(r"declare -A decodes=\((.*?)\n *\)", text, re.S)[1]
     return {system: names.split() for system, names in re.findall(r'\[(\w+)\]="([^"]*)"', block)}
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.parent.name)
-def test_run_sh_decodes_every_window_and_full(recipe):
-    decodes = run_sh_decodes(recipe)
+# The recipes' decodes, and the training configs they decode: synth_en's digits task (the CPU's) decodes
+# full utterances and 320 ms windows; every other decodes every window.
+RUN_SH_TASKS = [(r, "") for r in RECIPES if r != RECIPE] + [(RECIPE, "digits"), (RECIPE, "sentences")]
+
+
+def task_id(recipe_task):
+    recipe, task = recipe_task
+    return "/".join(filter(None, [recipe.parent.name, task]))
+
+
+def train_config(recipe: Path, task: str, system: str) -> Path:
+    return recipe / "conf" / task / f"train_{system}.yaml"
+
+
+@pytest.mark.parametrize("recipe_task", RUN_SH_TASKS, ids=task_id)
+def test_run_sh_decodes_every_window_and_full(recipe_task):
+    recipe, task = recipe_task
+    decodes = run_sh_decodes(recipe, task)
     assert decodes.keys() == {"rwkv_bat", "conformer_chunk"}
     for system, names in decodes.items():
-        assert set(names) == ALL_DECODES - LEFT_OUT.get((recipe.parent.name, system), set()), system
+        assert train_config(recipe, task, system).is_file()
+        expected = {"full", "streaming_320ms"} if task == "digits" else ALL_DECODES
+        assert set(names) == expected - LEFT_OUT.get((recipe.parent.name, system), set()), system
         for name in names:
             assert (recipe / "conf" / f"decode_{name}.yaml").is_file()
 
@@ -157,7 +182,7 @@ def test_decode_config_is_a_speech2text_setting(config):
     asr_transducer_inference.get_parser().parse_args(
         ["--config", str(config), "--output_dir", "out", "--data_path_and_name_and_type", "wav.scp,speech,sound"]
     )
-    assert set(settings) <= set(inspect.signature(Speech2Text.__init__).parameters)
+    assert set(settings) <= set(inspect.signature(Speech2Text.__init__).parameters) | {"display_hypotheses"}
     name = config.stem[len("decode_") :]
     if name == "full":
         assert not settings.get("streaming", False)
@@ -167,17 +192,18 @@ def test_decode_config_is_a_speech2text_setting(config):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.parent.name)
+@pytest.mark.parametrize("recipe_task", RUN_SH_TASKS, ids=task_id)
 @pytest.mark.parametrize("system", ["conformer_chunk", "rwkv_bat"])
-def test_streaming_decodes_of_run_sh_run(recipe, system, tmp_path):
+def test_streaming_decodes_of_run_sh_run(recipe_task, system, tmp_path):
     """Each streaming decode that run.sh lists runs on ESPnet's streaming path, with the recipe's model."""
-    config = recipe / "conf" / f"train_{system}.yaml"
+    recipe, task = recipe_task
+    config = train_config(recipe, task, system)
     args = parse_train_config(config, tmp_path, stated_budget(config.resolve())[0])
     ASRTransducerTask.build_model(args)  # as training does: the token list goes into the args
     with open(tmp_path / "config.yaml", "w", encoding="utf-8") as f:
         yaml_no_alias_safe_dump(vars(args), f)
     speech = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
-    for name in run_sh_decodes(recipe)[system]:
+    for name in run_sh_decodes(recipe, task)[system]:
         settings = yaml.safe_load((recipe / "conf" / f"decode_{name}.yaml").read_text())
         if not settings.get("streaming"):
             continue
@@ -200,7 +226,8 @@ def test_streaming_decodes_of_run_sh_run(recipe, system, tmp_path):
 # --- run.sh over a stand-in asr.sh: which stages run, for which system and decode ---
 
 FAKE_ASR_SH = r"""#!/usr/bin/env bash
-# Stands in for ESPnet's asr.sh: logs the call, checks its configs, leaves what stages 13 and 14 leave.
+# Stands in for ESPnet's asr.sh: logs the call, checks its configs, leaves what stages 1-5 (a test set of
+# one utterance), 11 (a trained model), 13 (scores) and 14 (the zip) leave.
 set -euo pipefail
 declare -A opt=([asr_tag]= [inference_tag]= [asr_args]= [nj]= [inference_nj]=)
 while [ $# -gt 0 ]; do opt[${1#--}]=$2; shift 2; done
@@ -210,6 +237,15 @@ for key in asr_config inference_config; do
     [ -z "${opt[$key]:-}" ] || [ -f "${opt[$key]}" ] || { echo "no ${opt[$key]}" >&2; exit 1; }
 done
 exp=exp/asr_${opt[asr_tag]}
+if [ "${opt[stage]}" -le 1 ]; then
+    mkdir -p dump/raw/test
+    python3 -c 'import numpy as np, soundfile as sf; sf.write("dump/raw/test/utt1.wav", np.full(24000, 0.1), 16000)'
+    echo "utt1 dump/raw/test/utt1.wav" > dump/raw/test/wav.scp
+    echo "utt1 ONE TWO" > dump/raw/test/text
+fi
+if [ "${opt[stage]}" -le 11 ] && [ "${opt[stop_stage]}" -ge 11 ] && [ -n "${TRAINED_EXP}" ]; then
+    mkdir -p "${exp}" && cp "${TRAINED_EXP}"/{config.yaml,valid.loss.ave.pth} "${exp}"
+fi
 if [ "${opt[stage]}" -le 13 ] && [ "${opt[stop_stage]}" -ge 13 ] && [ -n "${opt[inference_tag]}" ]; then
     # Err: 10 + the window in tens of ms (full: 1), so the plot's numbers say where they came from.
     window=${opt[inference_tag]##*_}; window=${window%ms}; [ "${window}" = full ] && window=10
@@ -231,8 +267,9 @@ fi
 
 @pytest.fixture(scope="module")
 def packed_model(tmp_path_factory):
+    """A deployable model, as training leaves it (its exp dir) and packed; every system of the runs here."""
     root = tmp_path_factory.mktemp("packed")
-    return pack(root, make_exp(root, "tiny_rwkv_bat.yaml"))
+    return pack(root, make_exp(root, "tiny_rwkv_bat_deployable.yaml"))
 
 
 def recipe_copy(tmp_path: Path, recipe: Path) -> Path:
@@ -241,7 +278,9 @@ def recipe_copy(tmp_path: Path, recipe: Path) -> Path:
     shutil.copytree(TEMPLATE, tmp_path / "TEMPLATE" / "asr1")
     work = tmp_path / recipe.parent.name / "asr1"
     shutil.copytree(recipe / "conf", work / "conf", symlinks=True)
-    shutil.copy(recipe / "run.sh", work / "run.sh")
+    for name in ("run.sh", "RESULTS.md"):
+        if (recipe / name).exists():
+            shutil.copy(recipe / name, work / name)
     (work / "path.sh").write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
     (work / "asr.sh").write_text(FAKE_ASR_SH)
     (work / "scripts" / "utils").mkdir(parents=True)
@@ -254,7 +293,8 @@ def recipe_copy(tmp_path: Path, recipe: Path) -> Path:
 
 
 def run_recipe(work: Path, *args, packed_model=None, check=True):
-    env = {**os.environ, "PACKED_MODEL": str(packed_model or ""), "OMP_NUM_THREADS": "1"}
+    trained = str(packed_model.parent) if packed_model else ""
+    env = {**os.environ, "PACKED_MODEL": str(packed_model or ""), "TRAINED_EXP": trained, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(["bash", "run.sh", *args], cwd=work, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"run.sh {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -265,48 +305,60 @@ def run_recipe(work: Path, *args, packed_model=None, check=True):
 @pytest.mark.slow
 def test_run_sh_runs_the_shared_stages_once_then_each_system(tmp_path, packed_model):
     work = recipe_copy(tmp_path, RECIPE)
-    result, calls = run_recipe(work, "--inference_nj", "3", packed_model=packed_model)
-    expected = [["1-10", "conf/train_rwkv_bat.yaml"]]
-    for system, decodes in run_sh_decodes(RECIPE).items():
-        expected.append(["11-11", f"conf/train_{system}.yaml", system])
-        expected += [["12-13", f"conf/train_{system}.yaml", system, f"decode_{d}"] for d in decodes]
-        expected.append(["14-14", f"conf/train_{system}.yaml", system])
-    assert [call[: len(e)] for call, e in zip(calls, expected)] == expected and len(calls) == len(expected)
+    committed = (RECIPE / "RESULTS.md").read_bytes()
+    result, calls = run_recipe(work, "--task", "digits", "--inference_nj", "3", packed_model=packed_model)
+    assert calls[0][:2] == ["1-10", "conf/digits/train_rwkv_bat.yaml"]
+    # On a CPU the systems run side by side: each one's calls in order, the two interleaved.
+    expected_calls = 1
+    for system, decodes in run_sh_decodes(RECIPE, "digits").items():
+        config = f"conf/digits/train_{system}.yaml"
+        expected = [["11-11", config, system]]
+        expected += [["12-13", config, system, f"decode_{d}"] for d in decodes]
+        if system == "rwkv_bat":
+            expected.append(["13-13", config, system, "decode_sherpa_onnx_320ms"])
+        expected.append(["14-14", config, system])
+        own = [call[: len(e)] for call, e in zip([c for c in calls if c[2:3] == [system]], expected)]
+        assert own == expected and len([c for c in calls if c[2:3] == [system]]) == len(expected), system
+        expected_calls += len(expected)
+    assert len(calls) == expected_calls
     assert all("inference_nj=3" in call for call in calls), (
         "asr.sh options after run.sh's own pass through to every call"
     )
     assert all(f"nj={min(len(os.sched_getaffinity(0)), 16)}" in call for call in calls), "a job a core"
-    training = [call for call in calls if call[0] == "11-11"]
-    cpu = not torch.cuda.is_available()
-    assert all(("--max_epoch" in call) == cpu for call in training)
 
-    assert (work / "RESULTS.md").read_text().startswith("# RESULTS")
-    assert (work / "wer_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
-    assert "rwkv_bat test WER by window (ms) 160: 26.0, 320: 42.0, 640: 74.0, full: 11.0" in result.stdout
-    assert "conformer_chunk test WER by window (ms) 320: 42.0, 640: 74.0, full: 11.0" in result.stdout
+    # The run's results are under exp/; the committed ones stay as they are.
+    assert (work / "exp" / "RESULTS.md").read_text().startswith("# RESULTS")
+    assert (work / "exp" / "wer_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
+    assert (work / "RESULTS.md").read_bytes() == committed and not (work / "wer_vs_latency.png").exists()
+    assert "rwkv_bat test WER by window (ms) 320: 42.0, full: 11.0" in result.stdout
+    assert "conformer_chunk test WER by window (ms) 320: 42.0, full: 11.0" in result.stdout
+    # The sherpa-onnx decode of the exported model, scored by stage 13 (above) and described in the card.
+    sherpa = work / "exp" / "asr_rwkv_bat" / "decode_sherpa_onnx_320ms" / "test"
+    assert (sherpa / "text").read_text().startswith("utt1")
     for system in ("rwkv_bat", "conformer_chunk"):
         card = (work / "exp" / f"asr_{system}" / "hf_upload" / "README.md").read_text()
         assert f"# synth_en: asr_{system}" in card and "| espnet_rwkv |" in card
+        assert ("sherpa-onnx" in card) == (system == "rwkv_bat")
 
 
 def test_run_sh_runs_only_the_asked_stages_and_systems(tmp_path, packed_model):
     work = recipe_copy(tmp_path, RECIPE)
     _, calls = run_recipe(work, "--stage", "11", "--stop_stage", "11", "--systems", "conformer_chunk")
-    assert [call[:3] for call in calls] == [["11-11", "conf/train_conformer_chunk.yaml", "conformer_chunk"]]
-    assert not (work / "RESULTS.md").exists()
+    assert [call[:3] for call in calls] == [["11-11", "conf/digits/train_conformer_chunk.yaml", "conformer_chunk"]]
+    assert not (work / "exp" / "RESULTS.md").exists()
 
     result, calls = run_recipe(work, "--systems", "rwkv_bat nosuch", check=False)
-    assert result.returncode != 0 and "no conf/train_nosuch.yaml" in result.stderr
+    assert result.returncode != 0 and "no conf/digits/train_nosuch.yaml" in result.stderr
     assert len(calls) == 1, "nothing runs when a system is unknown"
 
-    # Packing, then the card, then the uploads of the zip with its card.
+    # Packing, then the card, then the upload of the zip with its card.
     (work / "asr_calls.log").unlink()
     _, calls = run_recipe(
-        work, "--stage", "14", "--stop_stage", "16", "--systems", "rwkv_bat", packed_model=packed_model
+        work, "--stage", "14", "--stop_stage", "15", "--systems", "rwkv_bat", packed_model=packed_model
     )
     assert [call[:3] for call in calls] == [
-        ["14-14", "conf/train_rwkv_bat.yaml", "rwkv_bat"],
-        ["15-16", "conf/train_rwkv_bat.yaml", "rwkv_bat"],
+        ["14-14", "conf/digits/train_rwkv_bat.yaml", "rwkv_bat"],
+        ["15-15", "conf/digits/train_rwkv_bat.yaml", "rwkv_bat"],
     ]
 
 

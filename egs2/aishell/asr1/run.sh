@@ -22,7 +22,7 @@ asr_opts=(
     --token_type char --use_lm false
     --train_set train --valid_set dev --test_sets "dev test"
     --inference_asr_model valid.loss.ave.pth
-    --skip_upload false --skip_upload_hf false  # stage 14 packs; the uploads (15, 16) are past the default --stop_stage
+    --skip_packing false  # stage 14 packs; the upload (15) is past the default --stop_stage
 )
 systems="rwkv_bat conformer_chunk"
 declare -A decodes=(

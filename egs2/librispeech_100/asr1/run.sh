@@ -23,7 +23,7 @@ asr_opts=(
     --train_set train_clean_100 --valid_set dev --test_sets "dev_clean dev_other test_clean test_other"
     --local_data_opts "--stop_stage 3"
     --inference_asr_model valid.loss.ave.pth
-    --skip_upload false --skip_upload_hf false  # stage 14 packs; the uploads (15, 16) are past the default --stop_stage
+    --skip_packing false  # stage 14 packs; the upload (15) is past the default --stop_stage
 )
 systems="rwkv_bat conformer_chunk"
 declare -A decodes=(
