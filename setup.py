@@ -54,6 +54,8 @@ setup(
     name="espnet_rwkv",
     version=_version(),
     description="RWKV encoder and BAT loss for streaming transducer ASR in ESPnet",
+    # Not on PyPI: installs are from this repository; model cards read it back from the package metadata.
+    url="https://github.com/espnet-rwkv/espnet_rwkv",
     license="Apache-2.0",
     packages=find_packages(include=["espnet_rwkv", "espnet_rwkv.*"]),
     package_data={"espnet_rwkv.ops": ["*/*.cu"]},

@@ -8,9 +8,11 @@ ESPnet's zip says. After packing, this module
 - adds ``espnet_rwkv`` (its version) and ``requirements`` to the zip's
   ``meta.yaml``, next to the ``espnet`` and ``torch`` versions that ESPnet
   records there (keys that ESPnet's unpacking ignores);
-- adds a ``README.md`` model card to the zip: what the model needs, with
-  versions, how to load it (``import espnet_rwkv.espnet`` first), the model, its
-  results and its training config;
+- adds a ``README.md`` model card to the zip: Hugging Face metadata, what the
+  model needs, with versions and the pip line that installs them, how to load it
+  (``import espnet_rwkv.espnet`` first), the model, its results (ESPnet's
+  RESULTS.md, cleaned up; a warning first when its WER says it is not usable)
+  and its training config;
 - unpacks the zip into ``<asr_exp>/hf_upload``: the folder that asr.sh's
   Hugging Face stage would push (the zip's files, the card as its README.md),
   made without a network, ready for ``huggingface-cli upload`` later.
@@ -24,11 +26,12 @@ Running it again on the same zip replaces what it added before.
 import argparse
 import importlib.metadata
 import os
+import re
 import shutil
 import sys
 import zipfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import yaml
@@ -37,6 +40,8 @@ from espnet2.tasks.asr_transducer import ASRTransducerTask
 import espnet_rwkv.espnet  # noqa: F401  (registers the plugin: the card counts the model's parameters)
 
 CARD_NAME = "README.md"
+# Best WER (%) from which the card warns that the model is not usable: at least every other word wrong.
+UNUSABLE_WER = 50.0
 
 
 def requirements(meta: Dict) -> Dict[str, str]:
@@ -48,6 +53,28 @@ def requirements(meta: Dict) -> Dict[str, str]:
         "torchaudio": importlib.metadata.version("torchaudio"),
         "python": str(meta.get("python") or sys.version).split()[0],
     }
+
+
+def pip_pins(needs: Dict[str, str]) -> Dict[str, str]:
+    """Package -> ``package==version`` of the packages to install, with public versions.
+
+    pip installs torch 2.11.0 whatever local build (+cu130, +cpu) trained the model.
+    """
+    return {
+        package: f"{package}=={needs[package].split('+')[0]}"
+        for package in ("espnet_rwkv", "espnet", "torch", "torchaudio")
+    }
+
+
+def repository_url() -> str:
+    """Where espnet_rwkv is installed from (it is not on PyPI): setup.py's ``url``, from the package metadata."""
+    url = importlib.metadata.metadata("espnet_rwkv")["Home-page"]
+    if not url:
+        raise RuntimeError(
+            "espnet_rwkv's package metadata has no Home-page (installed from an older setup.py): "
+            "reinstall it (pip install -e <your checkout>)"
+        )
+    return url
 
 
 def needs_plugin(config: Dict) -> bool:
@@ -81,12 +108,77 @@ def describe_model(config: Dict, num_params: int) -> List[str]:
     ]
 
 
+def heading_level(line: str) -> int:
+    """1 to 6 for a markdown ATX heading (``## Title``), else 0."""
+    match = re.match(r"(#{1,6}) ", line)
+    return len(match.group(1)) if match else 0
+
+
+def table_rows(lines: List[str]) -> List[List[str]]:
+    """The cells of a markdown table's lines (header, ``|---|`` separator, data rows), in order."""
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+
+
+def split_tables(lines: List[str]) -> List[List[str]]:
+    """Lines grouped into blocks: each run of table lines (starting with ``|``) one block, any other line alone."""
+    blocks: List[List[str]] = []
+    for line in lines:
+        if line.startswith("|") and blocks and blocks[-1][0].startswith("|"):
+            blocks[-1].append(line)
+        else:
+            blocks.append([line])
+    return blocks
+
+
+def best_wer(results: str) -> Optional[float]:
+    """The lowest ``Err`` of the tables under a ``WER`` heading of ESPnet's RESULTS.md; None if none."""
+    errors = []
+    heading = ""
+    for block in split_tables(results.splitlines()):
+        if heading_level(block[0]):
+            heading = block[0].lstrip("#").strip()
+        elif block[0].startswith("|") and heading.upper() == "WER":
+            header, *rows = table_rows(block)
+            if "Err" in header:
+                column = header.index("Err")
+                errors += [float(row[column]) for row in rows[1:] if re.fullmatch(r"\d+(\.\d+)?", row[column])]
+    return min(errors, default=None)
+
+
+def results_section(results: str, level: int) -> List[str]:
+    """ESPnet's RESULTS.md (show_asr_result.sh) as lines under a heading of ``level``.
+
+    Its headings (its own ``# RESULTS`` first) move below ``level``, so that the card keeps one
+    H1; the tables it prints with no rows (CER, TER when only WER was scored) go, and so do the
+    headings left with nothing under them.
+    """
+    lines = [line for block in split_tables(results.strip().splitlines()) if len(block) != 2 for line in block]
+    levels = [heading_level(line) for line in lines]
+    demote = level + 1 - min(filter(None, levels), default=level + 1)
+    kept = []
+    for i, line in enumerate(lines):
+        if levels[i]:
+            end = next((j for j in range(i + 1, len(lines)) if 0 < levels[j] <= levels[i]), len(lines))
+            if not any(lines[j].strip() and not levels[j] for j in range(i + 1, end)):
+                continue
+            if kept and kept[-1].strip():
+                kept.append("")
+            kept.append("#" * demote + line)
+        elif line.strip() or (kept and kept[-1].strip()):  # one blank line between blocks
+            kept.append(line)
+    return kept
+
+
 def card(name: str, corpus: str, lang: str, config: Dict, meta: Dict, num_params: int, results: str) -> str:
     """The README.md model card (Hugging Face front matter, then markdown)."""
     needs = requirements(meta)
+    wer = best_wer(results)
     lines = [
+        # ESPnet's own cards' fields (tags, language, datasets, license: asr.sh's TEMPLATE_HF_Readme.md),
+        # with the library and the pipeline that Hugging Face lists the model under.
         "---",
         "library_name: espnet",
+        "pipeline_tag: automatic-speech-recognition",
         "tags:",
         *(f"- {tag}" for tag in ("espnet", "espnet_rwkv", "audio", "automatic-speech-recognition", "transducer")),
         f"language: {lang}",
@@ -97,6 +189,15 @@ def card(name: str, corpus: str, lang: str, config: Dict, meta: Dict, num_params
         "",
         f"# {corpus}: {name}",
         "",
+        *(
+            [
+                f"Not for transcription: its best WER is {wer:.1f} %, so this model did not learn the task "
+                "(e.g. a short training run that checks the pipeline).",
+                "",
+            ]
+            if wer is not None and wer >= UNUSABLE_WER
+            else []
+        ),
         "An ESPnet transducer (`asr_transducer` task) trained with the **espnet_rwkv** plugin "
         f"({espnet_rwkv.__version__}). "
         + (
@@ -108,6 +209,15 @@ def card(name: str, corpus: str, lang: str, config: Dict, meta: Dict, num_params
         "| package | version |",
         "|---|---|",
         *(f"| {package} | {version} |" for package, version in needs.items()),
+        "",
+        "## Install",
+        "",
+        "espnet_rwkv is not on PyPI; pip installs it from its repository, with the versions above:",
+        "",
+        "```bash",
+        f'pip install "espnet_rwkv @ git+{repository_url()}" '
+        + " ".join(pin for package, pin in pip_pins(needs).items() if package != "espnet_rwkv"),
+        "```",
         "",
         "## Model",
         "",
@@ -130,7 +240,7 @@ def card(name: str, corpus: str, lang: str, config: Dict, meta: Dict, num_params
         "",
         "## Results",
         "",
-        results.strip() or "(no RESULTS.md in the experiment)",
+        *(results_section(results, level=2) or ["(no RESULTS.md in the experiment)"]),
         "",
         "## Training config",
         "",
@@ -175,10 +285,7 @@ def add_card(asr_exp: Path, packed_model: Path, lang: str, corpus: str) -> str:
     results = results_file.read_text(encoding="utf-8") if results_file.exists() else ""
     needs = requirements(meta)
     meta["espnet_rwkv"] = needs["espnet_rwkv"]
-    # Public versions: pip installs torch 2.11.0 whatever local build (+cu130, +cpu) trained it.
-    meta["requirements"] = [
-        f"{package}=={needs[package].split('+')[0]}" for package in ("espnet_rwkv", "espnet", "torch", "torchaudio")
-    ]
+    meta["requirements"] = list(pip_pins(needs).values())
     text = card(asr_exp.name, corpus, lang, config, meta, num_params, results)
     rewrite_zip(packed_model, {"meta.yaml": yaml.safe_dump(meta).encode(), CARD_NAME: text.encode()})
     return text
@@ -218,7 +325,7 @@ while recognizer.is_ready(stream):
 print(recognizer.get_result(stream))
 ```
 
-Or with onnxruntime only: `pip install espnet_rwkv[onnx]`, then
+Or with onnxruntime only: `pip install "espnet_rwkv[onnx] @ git+{repository_url()}"`, then
 `python -m espnet_rwkv.stream --onnx onnx audio.wav`.
 """
 

@@ -1,19 +1,23 @@
 """espnet_rwkv.model_card on a zip that ESPnet's pack wrote, as the recipes run it after stage 14."""
 
+import importlib.metadata
 import io
+import re
+import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from espnet2.bin.asr_transducer_inference import Speech2Text
 from espnet2.tasks.asr_transducer import ASRTransducerTask
-from packed_model import MODEL_FILE, make_exp, pack
+from packed_model import MODEL_FILE, make_exp, pack, show_asr_result
 
 import espnet_rwkv
-from espnet_rwkv.model_card import needs_plugin
+from espnet_rwkv.model_card import add_card, needs_plugin
 
 
 def run_model_card(root, exp, packed):
@@ -70,7 +74,7 @@ def test_card_says_what_the_model_needs(packed):
     assert "encoder: 2 × rwkv (32), subsampling ×4" in card and "transducer loss: bat" in card
     model, _ = ASRTransducerTask.build_model_from_file(exp / "config.yaml", exp / MODEL_FILE)
     assert f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M" in card
-    assert (exp / "RESULTS.md").read_text().strip() in card
+    assert "|decode_full/test|4|20|0.0|100.0|0.0|0.0|100.0|100.0|" in card  # RESULTS.md's WER row
 
 
 def test_meta_yaml_keeps_espnet_keys_and_adds_the_plugin(packed):
@@ -132,3 +136,79 @@ def test_card_of_a_conformer_with_the_plugin_loss(tmp_path):
     card = (exp / "hf_upload" / "README.md").read_text()
     assert "encoder: 2 × conformer (32)" in card and "transducer loss: rnnt" in card
     assert "**Loading it needs espnet_rwkv:**" in card  # the transducer_loss option is the plugin's
+
+
+def markdown_lines(card):
+    """The card's markdown lines: front matter and fenced code blocks left out."""
+    body = card.split("---\n", 2)[2]
+    lines, fenced = [], False
+    for line in body.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            lines.append(line)
+    return lines
+
+
+def test_front_matter_files_it_under_speech_recognition(packed):
+    card = members(packed[3])["README.md"].decode()
+    front = yaml.safe_load(card.split("---\n", 2)[1])
+    assert front["pipeline_tag"] == "automatic-speech-recognition"
+    assert front["library_name"] == "espnet" and "espnet" in front["tags"]
+    assert front["language"] == "en" and front["datasets"] == ["tiny_corpus"] and front["license"] == "cc-by-4.0"
+
+
+def test_card_has_one_h1_and_results_headings_below_its_results(packed):
+    card = members(packed[3])["README.md"].decode()
+    lines = markdown_lines(card)
+    assert [line for line in lines if line.startswith("# ")] == ["# tiny_corpus: asr_tiny"]
+    results = lines[lines.index("## Results") + 1 : lines.index("## Training config")]
+    headings = [line for line in results if line.startswith("#")]
+    assert headings == ["### RESULTS", "#### Environments", "#### exp/asr_tiny", "##### WER"]
+
+
+def test_card_has_no_table_without_data_rows(packed):
+    card = members(packed[3])["README.md"].decode()
+    tables, previous = [], ""
+    for line in markdown_lines(card):
+        if line.startswith("|"):
+            if previous.startswith("|"):
+                tables[-1].append(line)
+            else:
+                tables.append([line])
+        previous = line
+    assert len(tables) == 2, "the versions and RESULTS.md's WER; its CER and TER tables had no rows"
+    assert all(len(table) > 2 and re.fullmatch(r"\|[-|]+\|", table[1]) for table in tables)
+
+
+def test_install_line_uses_the_package_url(packed):
+    card = members(packed[3])["README.md"].decode()
+    meta = yaml.safe_load(members(packed[3])["meta.yaml"])
+    url = importlib.metadata.metadata("espnet_rwkv")["Home-page"]
+    setup_py = (Path(__file__).parents[1] / "setup.py").read_text()
+    assert f'url="{url}"' in setup_py, "the installed metadata is setup.py's (else: pip install -e . again)"
+    torch_version = meta["torch"].split("+")[0]
+    assert (
+        f'pip install "espnet_rwkv @ git+{url}" espnet=={meta["espnet"]} torch=={torch_version} torchaudio=='
+    ) in card
+
+
+def caveat(card):
+    return [line for line in markdown_lines(card) if line.startswith("Not for transcription")]
+
+
+def test_card_warns_when_the_wer_says_the_model_is_unusable(packed, tmp_path):
+    card = members(packed[3])["README.md"].decode()
+    lines = markdown_lines(card)
+    assert caveat(card) == [
+        "Not for transcription: its best WER is 100.0 %, so this model did not learn the task "
+        "(e.g. a short training run that checks the pipeline)."
+    ]
+    assert lines.index(caveat(card)[0]) < lines.index("## Model"), "near the top"
+
+    exp = tmp_path / "asr_tiny"
+    exp.mkdir()
+    (exp / "RESULTS.md").write_text(show_asr_result("exp/asr_tiny", wer=5.0))
+    zip_path = Path(shutil.copy(packed[3], tmp_path / "packed.zip"))
+    card = add_card(exp, zip_path, "en", "tiny_corpus")
+    assert not caveat(card) and "|decode_full/test|4|20|95.0|5.0|0.0|0.0|5.0|100.0|" in card

@@ -1,5 +1,6 @@
 """ONNX export for sherpa-onnx: graphs equal the torch model, three decoders agree, bad input is refused clearly."""
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -329,5 +330,7 @@ def test_model_card_adds_the_onnx_files_and_a_sherpa_onnx_snippet(exported, tmp_
     assert {"encoder.onnx", "encoder.int8.onnx", "tokens.txt"} <= {p.name for p in (folder / "onnx").iterdir()}
     card = (folder / CARD_NAME).read_text()
     assert card.startswith("# card\n") and 'model_type="lstm"' in card and "--chunk_ms 320" in card
+    url = importlib.metadata.metadata("espnet_rwkv")["Home-page"]
+    assert f'pip install "espnet_rwkv[onnx] @ git+{url}"' in card, "espnet_rwkv is not on PyPI"
     with pytest.raises(FileNotFoundError, match="joiner.onnx"):
         add_onnx(folder, tmp_path)
