@@ -304,3 +304,42 @@ def test_cli_refuses_a_window_too_small_for_espnet_streaming(conformer_exp, tmp_
         err, "espnet_rwkv.stream: error: cannot load model"
     )
     assert run_cli(conformer_exp, "--chunk_ms", 84, wav) == 0
+
+
+# The demo recipe's data stage: a data dir is checked before training (espnet_rwkv.data_check).
+
+
+def test_data_check_names_every_bad_utterance(tmp_path, capsys):
+    from espnet_rwkv import data_check
+
+    audio = {
+        "good": speech_like(0.5).numpy(),
+        "nan": np.where(np.arange(8000) == 100, np.nan, 0.1).astype(np.float32),
+        "huge": np.full(8000, 3000.0, dtype=np.float32),
+        "short": np.zeros(959, dtype=np.float32),
+        "no-text": np.zeros(8000, dtype=np.float32),
+        "empty-text": np.zeros(8000, dtype=np.float32),
+    }
+    scp = [f"{key} {write_wav(tmp_path / f'{key}.wav', x, subtype='FLOAT')}" for key, x in audio.items()]
+    (tmp_path / "wav.scp").write_text("\n".join([*scp, f"missing {tmp_path / 'missing.wav'}"]) + "\n")
+    texts = ["good A B", "nan A", "huge A", "short A", "empty-text", "missing A", "text-only A"]
+    (tmp_path / "text").write_text("\n".join(texts) + "\n")
+
+    assert data_check.main([str(tmp_path), "--config", str(CONF / "tiny_rwkv.yaml")]) == 1
+    bad = {line.split(": ")[2] for line in capsys.readouterr().err.splitlines() if line.count(": ") >= 3}
+    assert bad == {"nan", "huge", "short", "no-text", "empty-text", "missing", "text-only"}
+    (tmp_path / "wav.scp").write_text(scp[0] + "\n")
+    (tmp_path / "text").write_text(texts[0] + "\n")
+    assert data_check.main([str(tmp_path), "--min_seconds", "0.5"]) == 0
+    assert data_check.main([str(tmp_path), "--min_seconds", "0.6"]) == 1
+
+
+def test_data_check_minimum_is_what_the_model_accepts():
+    from espnet_rwkv.data_check import min_samples_of_config
+
+    least = min_samples_of_config(CONF / "tiny_rwkv.yaml")
+    model = build("tiny_rwkv.yaml")
+    speech, _, text, text_lengths = batch((0.5,))
+    assert torch.isfinite(model(speech[:, :least], torch.tensor([least]), text, text_lengths)[0])
+    with pytest.raises(ValueError, match="too short"):
+        model(speech[:, : least - 1], torch.tensor([least - 1]), text, text_lengths)
