@@ -343,3 +343,28 @@ def test_data_check_minimum_is_what_the_model_accepts():
     assert torch.isfinite(model(speech[:, :least], torch.tensor([least]), text, text_lengths)[0])
     with pytest.raises(ValueError, match="too short"):
         model(speech[:, : least - 1], torch.tensor([least - 1]), text, text_lengths)
+
+
+# A kill during ESPnet's checkpoint save: what the README tells the user to do works.
+
+
+def test_after_a_kill_during_save_init_param_restores_the_last_epoch(tmp_path):
+    from espnet2.torch_utils.load_pretrained_model import load_pretrained_model
+    from espnet2.train.reporter import Reporter
+    from espnet2.train.trainer import Trainer
+
+    trained = build("tiny_rwkv.yaml")
+    optimizer = torch.optim.Adam(trained.parameters())
+    trained(*batch())[0].backward()
+    optimizer.step()
+    torch.save(trained.state_dict(), tmp_path / "1epoch.pth")
+    state = {"model": trained.state_dict(), "reporter": Reporter().state_dict(), "optimizers": [], "schedulers": []}
+    torch.save(state, tmp_path / "checkpoint.pth")
+    data = (tmp_path / "checkpoint.pth").read_bytes()
+    (tmp_path / "checkpoint.pth").write_bytes(data[: len(data) // 2])  # the kill
+
+    fresh = build("tiny_rwkv.yaml")
+    with pytest.raises((OSError, RuntimeError)):
+        Trainer.resume(tmp_path / "checkpoint.pth", fresh, Reporter(), [], [], None)
+    load_pretrained_model(str(tmp_path / "1epoch.pth"), fresh, ignore_init_mismatch=False)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), trained.state_dict().values()))
