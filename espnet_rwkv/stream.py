@@ -28,6 +28,9 @@ import numpy as np
 import soundfile
 
 SAMPLE_RATE = 16000
+# Float audio is read as it is stored; scaled audio lies in [-1, 1] (PCM is read so). Far beyond, it is not
+# scaled audio (integer values in a float file, corruption) and huge values overflow the features to NaN.
+MAX_ABS_SAMPLE = 2.0
 
 
 class AudioError(ValueError):
@@ -36,9 +39,13 @@ class AudioError(ValueError):
 
 def wav_chunks(path: Path, chunk: int) -> Iterator[np.ndarray]:
     """Chunks (<= chunk,) float32 of a 16 kHz mono audio file."""
+    if not path.exists():
+        raise AudioError("no such file")
+    if path.is_dir():
+        raise AudioError("is a directory, not an audio file")
     try:
         info = soundfile.info(str(path))
-    except (OSError, RuntimeError, soundfile.LibsndfileError) as e:
+    except (OSError, RuntimeError, TypeError, soundfile.LibsndfileError) as e:
         raise AudioError(f"cannot read audio: {e}") from e
     if info.samplerate != SAMPLE_RATE:
         raise AudioError(
@@ -49,7 +56,10 @@ def wav_chunks(path: Path, chunk: int) -> Iterator[np.ndarray]:
         raise AudioError(f"has {info.channels} channels, the model needs mono (e.g. sox {path} -c 1 out.wav)")
     if info.frames == 0:
         raise AudioError("has no samples")
-    yield from soundfile.blocks(str(path), blocksize=chunk, dtype="float32")
+    try:
+        yield from soundfile.blocks(str(path), blocksize=chunk, dtype="float32")
+    except (RuntimeError, soundfile.LibsndfileError) as e:
+        raise AudioError(f"cannot decode the audio past some point (truncated or corrupted {info.format}?): {e}") from e
 
 
 def stdin_chunks(chunk: int) -> Iterator[np.ndarray]:
@@ -71,6 +81,12 @@ def decode(recognizer, chunks: Iterator[np.ndarray], name: str) -> Tuple[List[fl
         if not np.isfinite(chunk).all():
             bad = samples + int(np.flatnonzero(~np.isfinite(chunk))[0])
             raise AudioError(f"has NaN or infinite samples (first at {bad / SAMPLE_RATE:.3f} s)")
+        if chunk.size and np.abs(chunk).max() > MAX_ABS_SAMPLE:
+            bad = samples + int(np.flatnonzero(np.abs(chunk) > MAX_ABS_SAMPLE)[0])
+            raise AudioError(
+                f"has samples outside [-{MAX_ABS_SAMPLE:g}, {MAX_ABS_SAMPLE:g}] (first at {bad / SAMPLE_RATE:.3f} s, "
+                f"{chunk.flat[bad - samples]:.3g}): float audio must be scaled to [-1, 1]"
+            )
         samples += chunk.size
         for partial in recognizer.accept(recognizer.as_input(chunk) if hasattr(recognizer, "as_input") else chunk):
             times.append(partial.compute_s)
@@ -117,9 +133,10 @@ def main(argv=None) -> int:
     if args.chunk_ms < 10:
         get_parser().error(f"--chunk_ms must be at least 10, got {args.chunk_ms}")
     try:
-        recognizer, errors = _onnx_recognizer(args) if args.onnx else _torch_recognizer(args)
-    except (OSError, ValueError) as e:
-        print(f"espnet_rwkv.stream: error: cannot load model {args.onnx or args.model}: {e}", file=sys.stderr)
+        recognizer = _onnx_recognizer(args) if args.onnx else _torch_recognizer(args)
+    except Exception as e:  # whatever the cause: one line, and no audio decoded
+        model = args.onnx or args.model
+        print(f"espnet_rwkv.stream: error: cannot load model {model}: {_one_line(e)}", file=sys.stderr)
         return 1
     chunk = args.chunk_ms * SAMPLE_RATE // 1000
     failed = False
@@ -129,8 +146,8 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         try:
             times, audio_s = decode(recognizer, chunks, name)
-        except (AudioError, *errors) as e:
-            print(f"espnet_rwkv.stream: error: {name}: {e}", file=sys.stderr)
+        except Exception as e:  # one line per failed file; the others still decode
+            print(f"espnet_rwkv.stream: error: {name}: {_one_line(e)}", file=sys.stderr)
             recognizer.reset()
             failed = True
             continue
@@ -144,9 +161,14 @@ def main(argv=None) -> int:
     return 1 if failed else 0
 
 
+def _one_line(error: Exception) -> str:
+    """The error's message on one line; its type too where the message alone may not say what failed."""
+    message = " ".join(str(error).split()) or "(no message)"
+    return message if isinstance(error, (AudioError, OSError)) else f"{type(error).__name__}: {message}"
+
+
 def _torch_recognizer(args):
     import torch
-    from espnet2.asr_transducer.utils import TooShortUttError
 
     import espnet_rwkv.espnet  # noqa: F401  (registers the plugin in ESPnet)
     from espnet_rwkv.asr.recognizer import StreamingRecognizer, load_speech2text
@@ -162,7 +184,7 @@ def _torch_recognizer(args):
     )
     recognizer = StreamingRecognizer(speech2text)
     recognizer.as_input = torch.from_numpy
-    return recognizer, (TooShortUttError,)
+    return recognizer
 
 
 def _onnx_recognizer(args):
@@ -170,7 +192,7 @@ def _onnx_recognizer(args):
     from espnet_rwkv.onnx.decoder import OnnxStreamingRecognizer, OnnxTransducer
 
     model = OnnxTransducer(args.onnx, int8=args.int8, threads=args.threads)
-    return OnnxStreamingRecognizer(model, args.decoding_method, max_active_paths=args.beam_size), ()
+    return OnnxStreamingRecognizer(model, args.decoding_method, max_active_paths=args.beam_size)
 
 
 if __name__ == "__main__":

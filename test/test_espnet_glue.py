@@ -55,7 +55,7 @@ def test_utterance_without_encoder_frames_is_an_error():
     model = build(load_conf("tiny_rwkv.yaml"))
     speech, lengths, text, text_lengths = batch()
     lengths[2] = 0
-    with pytest.raises(ValueError, match=r"\['u3'\] have no encoder frame \(input lengths \[0\]"):
+    with pytest.raises(ValueError, match=r"\['u3'\] are too short: \[1\] feature frames \(\[0\] samples\)"):
         model(speech, lengths, text, text_lengths, utt_id=["u1", "u2", "u3"])
 
 

@@ -206,7 +206,9 @@ def test_stream_forward_too_short_is_an_error():
     encoder = RWKVEncoder(40, conf["body_conf"], conf["input_conf"]).eval()
     encoder.reset_cache(0, torch.device("cpu"))
     assert encoder.stream_forward(torch.randn(1, 5, 40), is_final=False).shape == (1, 0, 32)
-    with pytest.raises(TooShortUttError, match="has 6 frames and is too short"):
+    with pytest.raises(
+        TooShortUttError, match=r"has 6 feature frames and is too short for subsampling \(it needs at least 7\)"
+    ):
         encoder.stream_forward(torch.randn(1, 1, 40), is_final=True)
 
 
@@ -421,7 +423,7 @@ def test_cli_prints_partials_final_and_timing(rwkv_exp, tmp_path, capsys):
             r"has NaN or infinite samples \(first at 0.772 s\)",
         ),
         (lambda p: write_wav(p, np.zeros(900, dtype=np.float32)), "too short for subsampling"),
-        (lambda p: p.write_bytes(b"not audio"), "cannot read audio"),
+        (lambda p: (p.write_bytes(b"not audio"), p)[1], "cannot read audio"),
     ],
     ids=["8kHz", "stereo", "empty", "nan", "too-short", "not-audio"],
 )

@@ -5,7 +5,7 @@ around the number of labels emitted so far; the joiner and the RNN-T lattice
 are evaluated in that window only: (B, T, S, V) instead of (B, T, U+1, V).
 """
 
-from typing import Dict
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -29,10 +29,24 @@ class BATLoss(nn.Module):
         self, encoder_size: int, left: int = 3, right: int = 5, quantity_weight: float = 1.0, cif_kernel_size: int = 3
     ):
         super().__init__()
+        if not (isinstance(left, int) and isinstance(right, int) and left >= 0 and right >= 1 and left + right >= 2):
+            raise ValueError(
+                "model_conf.bat_conf: left must be an int >= 0 and right an int >= 1 with left + right >= 2 "
+                f"(the window of labels per frame), got left {left!r}, right {right!r}"
+            )
+        if not quantity_weight >= 0:
+            raise ValueError(f"model_conf.bat_conf.quantity_weight must be >= 0, got {quantity_weight!r}")
+        if not (isinstance(cif_kernel_size, int) and cif_kernel_size >= 1):
+            raise ValueError(f"model_conf.bat_conf.cif_kernel_size must be an int >= 1, got {cif_kernel_size!r}")
         self.left = left
         self.right = right
         self.quantity_weight = quantity_weight
         self.cif = CifPredictor(encoder_size, cif_kernel_size)
+
+    def unreachable(self, encoder_lengths: torch.Tensor, target_lengths: torch.Tensor) -> List[int]:
+        """Batch rows (of (B,) lengths) with more labels than windows of S can reach: U_b > T_b * (S - 1)."""
+        window = self.left + self.right
+        return (target_lengths > encoder_lengths * (window - 1)).nonzero().flatten().tolist()
 
     def forward(
         self,

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from espnet2.asr_transducer.encoder.building import build_input_block
 from espnet2.asr_transducer.encoder.encoder import Encoder
-from espnet2.asr_transducer.utils import TooShortUttError, check_short_utt, make_source_mask
+from espnet2.asr_transducer.utils import TooShortUttError, make_source_mask
 from typeguard import typechecked
 
 from espnet_rwkv.asr.encoder_config import check_body, input_block_conf
@@ -67,6 +67,7 @@ class RWKVEncoder(Encoder):
         self.input_size = input_size
         # Input frames that each subsampled frame reads; what streaming must wait for.
         self.receptive_field = receptive_field(self.embed.conv)
+        self.min_input_frames = min_input_frames(self.embed)
         self.output_size = hidden
         # Read by ESPnet's Speech2Text; an RWKV body is causal, never chunk-masked.
         self.dynamic_chunk_training = False
@@ -89,13 +90,7 @@ class RWKVEncoder(Encoder):
         unpadded input (B = 1 when streaming), not the shorter utterances of a
         padded batch.
         """
-        short, limit = check_short_utt(self.embed.subsampling_factor, x.size(1))
-        if short:
-            raise TooShortUttError(
-                f"has {x.size(1)} frames and is too short for subsampling (it needs more than {limit} frames)",
-                x.size(1),
-                limit,
-            )
+        self._check_frames(x.size(1))
         x, mask = self.embed(x, make_source_mask(x_len))
         states = states or [None] * len(self.blocks)
         new_states = []
@@ -103,6 +98,15 @@ class RWKVEncoder(Encoder):
             x, state = block(x, state)
             new_states.append(state)
         return self.after_norm(x), mask.eq(0).sum(1), new_states
+
+    def _check_frames(self, frames: int) -> None:
+        if frames < self.min_input_frames:
+            raise TooShortUttError(
+                f"has {frames} feature frames and is too short for subsampling "
+                f"(it needs at least {self.min_input_frames})",
+                frames,
+                self.min_input_frames,
+            )
 
     # Streaming (docs/streaming.md). Two callers, two protocols:
     # - ``stream_forward``: the exact path (espnet_rwkv.asr.recognizer). Each call
@@ -145,13 +149,7 @@ class RWKVEncoder(Encoder):
         frames_in = cache.frames_in + x.size(1)
         first = cache.frames_out
         if is_final:
-            short, limit = check_short_utt(self.embed.subsampling_factor, frames_in)
-            if short:
-                raise TooShortUttError(
-                    f"has {frames_in} frames and is too short for subsampling (it needs more than {limit} frames)",
-                    frames_in,
-                    limit,
-                )
+            self._check_frames(frames_in)
             end = int(self.embed.get_output_lengths(torch.tensor(frames_in)))
         else:
             # Outputs t with stride*t - pad + size - 1 <= frames_in - 1 are complete.
@@ -211,6 +209,19 @@ class RWKVEncoder(Encoder):
         if cache is None:
             raise RuntimeError("RWKVEncoder: call reset_cache(left_context, device) before streaming")
         return cache
+
+
+def min_input_frames(embed: torch.nn.Module) -> int:
+    """Fewest feature frames from which ESPnet's ``ConvInput`` makes an encoder frame.
+
+    Not ESPnet's ``check_short_utt`` bound, which is off for some subsamplings
+    (it refuses 8 to 10 frames that VGG-like subsampling by 6 takes, and
+    accepts 3 to 6 that conv2d subsampling by 2 cannot take).
+    """
+    frames = 1
+    while embed.get_output_lengths(torch.tensor(frames)) < 1:
+        frames += 1
+    return frames
 
 
 @dataclass

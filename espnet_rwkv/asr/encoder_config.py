@@ -23,7 +23,15 @@ def check_body(body_conf: List[Dict[str, Any]]) -> Tuple[int, int, float, int]:
         if "hidden_size" not in block:
             raise ValueError(f"encoder_conf.body_conf block {i} (rwkv): hidden_size is required")
         hidden = block["hidden_size"]
-        sizes.add((hidden, block.get("linear_size", 4 * hidden), block.get("dropout_rate", 0.0)))
+        linear, dropout = block.get("linear_size", 4 * hidden), block.get("dropout_rate", 0.0)
+        for key, value in (("hidden_size", hidden), ("linear_size", linear)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"encoder_conf.body_conf block {i} (rwkv): {key} must be an int >= 1, got {value!r}")
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(
+                f"encoder_conf.body_conf block {i} (rwkv): dropout_rate must be in [0, 1), got {dropout!r}"
+            )
+        sizes.add((hidden, linear, dropout))
         num = block.get("num_blocks", 1)
         if not isinstance(num, int) or num < 1:
             raise ValueError(f"encoder_conf.body_conf block {i} (rwkv): num_blocks must be a positive int, got {num!r}")

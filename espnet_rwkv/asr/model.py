@@ -7,9 +7,10 @@
 Everything else (auxiliary CTC / LM losses, validation CER/WER) is ESPnet's.
 """
 
+import contextlib
 import inspect
 import logging
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torchaudio
@@ -20,12 +21,37 @@ from torch.amp import autocast
 from typeguard import typechecked
 
 from espnet_rwkv.asr.bat_loss import BATLoss
+from espnet_rwkv.asr.encoder import min_input_frames
 
 TRANSDUCER_LOSSES = ("rnnt", "bat", "espnet")
 
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint's keys do not match the model rebuilt from its config."""
+
+
+class BadUtteranceError(ValueError):
+    """Utterances of a batch that cannot be trained on; the message names them (ids, or batch rows).
+
+    ``rows`` are their batch rows and ``problem`` what is wrong with them, for
+    ``_naming_utterances`` to put ids in place of the rows.
+    """
+
+    def __init__(self, rows: List[int], problem: str, utt_ids: Optional[Sequence[str]] = None):
+        names = [utt_ids[i] for i in rows] if utt_ids is not None else [f"batch row {i}" for i in rows]
+        super().__init__(f"utterance(s) {names} {problem}")
+        self.rows, self.problem = rows, problem
+
+
+@contextlib.contextmanager
+def _naming_utterances(utt_ids: Optional[Sequence[str]]):
+    """Re-raise a ``BadUtteranceError`` of the block with the batch's utterance ids (ESPnet's ``utt_id``)."""
+    try:
+        yield
+    except BadUtteranceError as e:
+        if utt_ids is None:
+            raise
+        raise BadUtteranceError(e.rows, e.problem, utt_ids) from None
 
 
 class TransducerModel(ESPnetASRTransducerModel):
@@ -52,6 +78,7 @@ class TransducerModel(ESPnetASRTransducerModel):
         self.transducer_loss = transducer_loss
         if transducer_loss == "bat":
             self.bat = BATLoss(self.encoder.output_size, **bat_conf)
+        self.min_input_frames = min_input_frames(self.encoder.embed)
 
     def forward(
         self,
@@ -61,18 +88,41 @@ class TransducerModel(ESPnetASRTransducerModel):
         text_lengths: torch.Tensor,
         **kwargs,
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
-        """Speech (B, S), lengths (B,), labels (B, L), lengths (B,) -> loss, stats, batch size."""
-        if self.transducer_loss == "espnet":
-            return super().forward(speech, speech_lengths, text, text_lengths, **kwargs)
+        """Speech (B, S), lengths (B,), labels (B, L), lengths (B,) -> loss, stats, batch size.
+
+        Raises:
+            BadUtteranceError: naming the utterances (ESPnet's ``utt_id``) with an
+                empty transcript, too few feature frames, NaN or infinite features,
+                or (BAT) more labels than their frames can reach.
+        """
+        with _naming_utterances(kwargs.get("utt_id")):
+            empty = (text_lengths == 0).nonzero().flatten().tolist()
+            if empty:
+                raise BadUtteranceError(
+                    empty, "have an empty transcript; give them text or remove them from the data dir"
+                )
+            if self.transducer_loss == "espnet":
+                return super().forward(speech, speech_lengths, text, text_lengths, **kwargs)
+            return self._forward(speech, speech_lengths, text, text_lengths, kwargs.get("utt_id"))
+
+    def _forward(self, speech, speech_lengths, text, text_lengths, utt_ids):
         text = text[:, : text_lengths.max()]
         encoder_out, encoder_out_lens = self.encode(speech, speech_lengths)
         decoder_in, target, t_len, u_len = get_transducer_task_io(text, encoder_out_lens, ignore_id=self.ignore_id)
-        _check_encoder_lengths(t_len, speech_lengths, kwargs.get("utt_id"))
         self.decoder.set_device(encoder_out.device)
         decoder_out = self.decoder(decoder_in)
 
         stats = {}
         if self.transducer_loss == "bat":
+            unreachable = self.bat.unreachable(t_len, u_len)
+            if unreachable:
+                raise BadUtteranceError(
+                    unreachable,
+                    f"have more labels ({u_len[unreachable].tolist()}) than BAT windows of "
+                    f"{self.bat.left + self.bat.right} labels can reach in their {t_len[unreachable].tolist()} "
+                    "encoder frames (at most frames * (window - 1)); remove them, or widen "
+                    "model_conf.bat_conf (left + right)",
+                )
             bat = self.bat(encoder_out, decoder_out, target, t_len, u_len, self.joint_network)
             loss_trans = bat["loss"]
             # loss_quantity is the mean |sum alpha - U|: how far the CIF is from counting labels.
@@ -86,7 +136,7 @@ class TransducerModel(ESPnetASRTransducerModel):
             stats["loss_transducer"] = loss_trans.detach()
         if not torch.isfinite(loss_trans):
             # ESPnet's trainer skips the update when the gradient is not finite; say which batch.
-            logging.warning(f"transducer loss is {loss_trans.item()} for utterances {kwargs.get('utt_id')}")
+            logging.warning(f"transducer loss is {loss_trans.item()} for utterances {utt_ids}")
 
         loss = self.transducer_weight * loss_trans
         if self.use_auxiliary_ctc:
@@ -101,6 +151,58 @@ class TransducerModel(ESPnetASRTransducerModel):
             stats["cer_transducer"], stats["wer_transducer"] = self._error_rates(encoder_out, target, t_len)
         stats["loss"] = loss.detach()
         return force_gatherable((loss, stats, speech.size(0)), loss.device)
+
+    def collect_feats(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        text: torch.Tensor,
+        text_lengths: torch.Tensor,
+        **kwargs,
+    ) -> Dict[str, torch.Tensor]:
+        """ESPnet's (collect_stats), refusing the features ``encode`` refuses."""
+        with _naming_utterances(kwargs.get("utt_id")):
+            feats = super().collect_feats(speech, speech_lengths, text, text_lengths, **kwargs)
+            if self.extract_feats_in_collect_stats:
+                self._check_features(feats["feats"], feats["feats_lengths"], speech_lengths)
+        return feats
+
+    def encode(self, speech: torch.Tensor, speech_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """ESPnet's: speech (B, S), lengths (B,) -> encoder output (B, T, D_enc), lengths (B,); checked features."""
+        with autocast("cuda", enabled=False):
+            feats, feats_lengths = self._extract_feats(speech, speech_lengths)
+            self._check_features(feats, feats_lengths, speech_lengths)
+            if self.specaug is not None and self.training:
+                feats, feats_lengths = self.specaug(feats, feats_lengths)
+            if self.normalize is not None:
+                feats, feats_lengths = self.normalize(feats, feats_lengths)
+        return self.encoder(feats, feats_lengths)
+
+    def _check_features(self, feats: torch.Tensor, feats_lengths: torch.Tensor, speech_lengths: torch.Tensor) -> None:
+        """Refuse utterances the encoder cannot train on: features (B, T, F), lengths (B,) of speech lengths (B,).
+
+        Too few frames give no encoder frame (a loss of 0, or none); NaN or
+        infinite features (from NaN, infinite or huge samples) make every
+        gradient step of the run invalid and the feature statistics NaN.
+        """
+        short = (feats_lengths < self.min_input_frames).nonzero().flatten().tolist()
+        if short:
+            raise BadUtteranceError(
+                short,
+                f"are too short: {feats_lengths[short].tolist()} feature frames ({speech_lengths[short].tolist()} "
+                f"samples), the subsampling needs at least {self.min_input_frames}; remove them from the data "
+                "dir (asr.sh stage 4 does, with --min_wav_duration)",
+            )
+        frames = torch.arange(feats.size(1), device=feats.device)[None, :] < feats_lengths[:, None]
+        bad_frames = ~torch.isfinite(feats).all(dim=-1) & frames  # (B, T)
+        bad = bad_frames.any(dim=1).nonzero().flatten().tolist()
+        if bad:
+            first = bad_frames[bad].int().argmax(dim=1).tolist()
+            raise BadUtteranceError(
+                bad,
+                f"have NaN or infinite features (first at feature frame {first}); their audio has NaN, "
+                "infinite or huge samples (python -m espnet_rwkv.data_check finds them in a data dir)",
+            )
 
     def _error_rates(self, encoder_out, target, t_len):
         if self.error_calculator is None:
@@ -133,19 +235,6 @@ class TransducerModel(ESPnetASRTransducerModel):
                 f"{len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:5]}"
             )
         return result
-
-
-def _check_encoder_lengths(t_len: torch.Tensor, speech_lengths: torch.Tensor, utt_ids) -> None:
-    """Refuse utterances with no encoder frame: the loss would silently be 0 (torchaudio) for them."""
-    empty = (t_len == 0).nonzero().flatten().tolist()
-    if empty:
-        names = [utt_ids[i] if utt_ids is not None else f"batch index {i}" for i in empty]
-        samples = [int(speech_lengths[i]) for i in empty]
-        raise ValueError(
-            f"utterance(s) {names} have no encoder frame (input lengths {samples} are too short "
-            "for the subsampling); remove them from the data dir (asr.sh stage 4 does, with "
-            "--min_wav_duration)"
-        )
 
 
 def _constructor_signature() -> inspect.Signature:

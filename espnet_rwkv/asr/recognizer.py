@@ -67,6 +67,15 @@ class StreamingRecognizer:
         self.speech2text = speech2text
         self.window = speech2text.audio_processor.decoding_samples
         self.exact = isinstance(speech2text.asr_model.encoder, RWKVEncoder)
+        if not self.exact:
+            # Measured with subsampling by 4 (hop 10 ms): a window of 80 ms fails, 84 ms and more decode.
+            least = 2 * speech2text.asr_model.encoder.embed.subsampling_factor * speech2text.audio_processor.hop_sz
+            if self.window <= least:
+                raise ValueError(
+                    f"ESPnet's streaming path ({type(speech2text.asr_model.encoder).__name__}) needs a decoding "
+                    f"window (--chunk_ms) over {1000 * least / SAMPLE_RATE:g} ms, "
+                    f"got {1000 * self.window / SAMPLE_RATE:g} ms"
+                )
         self.history = LabelHistory(speech2text)  # shortened between windows (beam_history)
         self.features = ExactAudioProcessor(speech2text.asr_model) if self.exact else None
         self.reset()
@@ -86,11 +95,21 @@ class StreamingRecognizer:
         _check_samples(samples)
         self.pending = torch.cat([self.pending, samples.float()])
         partials = []
-        while self.pending.numel() >= self._next_window():
-            size = self._next_window()
-            window, self.pending = self.pending[:size], self.pending[size:]
-            partials.append(self._decode(window, is_final=False))
+        with self._reset_on_error():
+            while self.pending.numel() >= self._next_window():
+                size = self._next_window()
+                window, self.pending = self.pending[:size], self.pending[size:]
+                partials.append(self._decode(window, is_final=False))
         return partials
+
+    @contextlib.contextmanager
+    def _reset_on_error(self):
+        """A stream that failed is over: the next audio starts a new one (no stale audio or hypotheses)."""
+        try:
+            yield
+        except BaseException:
+            self.reset()
+            raise
 
     def _next_window(self) -> int:
         """Samples of the next decoding window.
@@ -103,8 +122,9 @@ class StreamingRecognizer:
         return self.window * (2 if not self.exact and self.samples_done == 0 else 1)
 
     def finish(self) -> Partial:
-        """Decode the rest of the stream -> the final best hypothesis; then start a new stream."""
-        partial = self._decode(self.pending, is_final=True)
+        """Decode the rest of the stream -> the final best hypothesis; then (also on error) start a new stream."""
+        with self._reset_on_error():
+            partial = self._decode(self.pending, is_final=True)
         self.reset()
         return partial
 
@@ -133,9 +153,20 @@ class StreamingRecognizer:
     def _decode_exact(self, window: torch.Tensor, is_final: bool) -> None:
         s2t = self.speech2text
         feats = self.features(window, is_final)
+        self._check_finite(feats, "features", window)
         enc_out = s2t.asr_model.encoder.stream_forward(feats, is_final)
+        # ESPnet's beam search never ends on NaN scores: refuse them before it.
+        self._check_finite(enc_out, "encoder outputs", window)
         if enc_out.size(1) or is_final:
             self.hyps = s2t.beam_search(enc_out[0], is_final=is_final)
+
+    def _check_finite(self, values: torch.Tensor, what: str, window: torch.Tensor) -> None:
+        if not torch.isfinite(values).all():
+            start = self.samples_done / SAMPLE_RATE
+            raise ValueError(
+                f"NaN or infinite {what} in the window {start:.2f} s to {start + window.numel() / SAMPLE_RATE:.2f} s "
+                "(samples far outside [-1, 1]?)"
+            )
 
     @property
     def state_nbytes(self) -> int:
