@@ -47,7 +47,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lattice_cpu(const at::Tensor& bla
         const int64_t* start = start_all.data_ptr<int64_t>() + b * T;
         const int64_t T_b = t_len.data_ptr<int64_t>()[b], U_b = u_len.data_ptr<int64_t>()[b];
         const int64_t last = T_b - 1;
-        // alpha(t, s) = logaddexp(alpha(t-1, s + d_t) + blank(t-1, s + d_t), alpha(t, s-1) + emit(t, s-1))
+        // alpha(t, s) = logaddexp(alpha(t-1, s + d_t) + blank(t-1, s + d_t), alpha(t, s-1) +
+        // emit(t, s-1))
         for (int64_t t = 0; t < T; ++t) {
           const int64_t shift = t > 0 ? start[t] - start[t - 1] : 0;
           acc_t x = neg_inf;

@@ -32,14 +32,15 @@ inline void check_inputs(const at::Tensor& time_decay, const at::Tensor& time_fi
                          const at::Tensor& k, const at::Tensor& v,
                          const std::optional<at::Tensor>& state, bool (*io_ok)(at::ScalarType),
                          const char* io_types) {
-  TORCH_CHECK_VALUE(k.dim() == 3 && k.sizes() == v.sizes(), "wkv: k and v must both be (B, T, C), got ",
-                    shape(k), " and ", shape(v));
+  TORCH_CHECK_VALUE(k.dim() == 3 && k.sizes() == v.sizes(),
+                    "wkv: k and v must both be (B, T, C), got ", shape(k), " and ", shape(v));
   TORCH_CHECK_TYPE(k.scalar_type() == v.scalar_type() && io_ok(k.scalar_type()),
                    "wkv: k and v must share one of ", io_types, ", got ", k.scalar_type(), " and ",
                    v.scalar_type());
   const int64_t B = k.size(0), C = k.size(2);
-  for (const auto& [name, param] : {std::pair<const char*, const at::Tensor&>{"time_decay", time_decay},
-                                    {"time_first", time_first}}) {
+  for (const auto& [name, param] :
+       {std::pair<const char*, const at::Tensor&>{"time_decay", time_decay},
+        {"time_first", time_first}}) {
     TORCH_CHECK_VALUE(param.dim() == 1 && param.size(0) == C, "wkv: ", name, " must be (",
                       std::to_string(C), ",), got ", shape(param));
     TORCH_CHECK_TYPE(param.is_floating_point(), "wkv: ", name, " must be floating point, got ",
@@ -61,7 +62,8 @@ inline void check_inputs(const at::Tensor& time_decay, const at::Tensor& time_fi
 
 // What the backward reads of the training forward: the states entering every kL frames
 // (B, ceil(T/kL), 3, C) and the frame that set each channel's final max exponent (B, C) int32.
-inline void check_saved(const at::Tensor& k, const at::Tensor& saved, const at::Tensor& last_reset) {
+inline void check_saved(const at::Tensor& k, const at::Tensor& saved,
+                        const at::Tensor& last_reset) {
   const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
   TORCH_CHECK_VALUE(saved.dim() == 4 && saved.size(0) == B && saved.size(1) == (T + kL - 1) / kL &&
                         saved.size(2) == 3 && saved.size(3) == C &&
