@@ -211,6 +211,6 @@ def jit_build(ext_name: str, source_files, cuda: bool, lock_timeout_s: float = B
                 raise
     except Timeout as err:
         raise RuntimeError(
-            f"waited {lock_timeout_s:.0f} s for another process's build of {ext_name} (lock {lock}); "
+            f"waited {lock_timeout_s:g} s for another process's build of {ext_name} (lock {lock}); "
             "if no build is running, delete the lock file"
         ) from err
