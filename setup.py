@@ -48,7 +48,9 @@ def _kernel_build():
         try:
             loader.nvcc_version(os.path.join(CUDA_HOME, "bin", "nvcc"))
         except RuntimeError as err:
-            warnings.warn(f"espnet_rwkv: no CUDA kernels built ({err}); the PyTorch implementation runs on GPUs")
+            warnings.warn(
+                f"espnet_rwkv: no CUDA kernels built ({err}); the PyTorch implementation runs on GPUs", stacklevel=2
+            )
         else:
             extensions += [
                 CUDAExtension(

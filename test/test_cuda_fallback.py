@@ -14,7 +14,8 @@ def test_failed_build_warns_once(op, monkeypatch):
 
     monkeypatch.setattr(extension, "load", broken)
     monkeypatch.setattr(extension, "_usable", {})
-    with pytest.warns(RuntimeWarning, match=f"{op}: the CPU kernels .*g\\+\\+ exploded on {op}.*PyTorch implementation"):
+    expected = f"{op}: the CPU kernels .*g\\+\\+ exploded on {op}.*PyTorch implementation"
+    with pytest.warns(RuntimeWarning, match=expected):
         assert extension.usable(op, "cpu") is False
     with warnings.catch_warnings():
         warnings.simplefilter("error")

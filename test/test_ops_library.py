@@ -7,9 +7,8 @@ import warnings
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, wkv_inputs
 from conftest import rel_error as _rel
-from conftest import wkv_inputs
 
 from espnet_rwkv.ops import extension, pruned_rnnt_loss, wkv
 from espnet_rwkv.ops.pruned_rnnt.library import lattice_loss_kernel
@@ -244,7 +243,10 @@ def test_build_lock_wait_has_a_timeout(broken_build):
     source, attempts = broken_build
     lock = FileLock(str(_get_build_directory("locked_ext", verbose=False) + "/build.lock"))
     with lock:
-        code = "import sys; from espnet_rwkv.ops import extension; extension.jit_build('locked_ext', [sys.argv[1]], False, 1)"
+        code = (
+            "import sys; from espnet_rwkv.ops import extension\n"
+            "extension.jit_build('locked_ext', [sys.argv[1]], cuda=False, lock_timeout_s=1)"
+        )
         out = subprocess.run([sys.executable, "-c", code, str(source)], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "waited 1 s for another process's build of locked_ext" in out.stderr

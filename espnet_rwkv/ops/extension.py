@@ -82,7 +82,7 @@ def check_compute_capability(device) -> None:
 
     major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) < MIN_COMPUTE_CAPABILITY:
-        floor = "%d.%d" % MIN_COMPUTE_CAPABILITY
+        floor = ".".join(map(str, MIN_COMPUTE_CAPABILITY))
         raise RuntimeError(
             f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor}; "
             f"the kernels need {floor} or newer (cp.async)"

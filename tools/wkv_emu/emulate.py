@@ -13,7 +13,6 @@ __fdividef. Slow (the T=16384 test takes minutes), and it checks logic, not spee
 GPU's memory model.
 """
 
-import importlib
 import os
 import re
 import subprocess

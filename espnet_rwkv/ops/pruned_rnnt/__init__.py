@@ -65,7 +65,8 @@ def pruned_rnnt_loss(
         raise ValueError(f"pruned_rnnt_loss: backend must be one of {_BACKENDS}, got {backend!r}")
     if backend in ("cpu", "cuda"):
         if device.type != backend:
-            raise ValueError(f"pruned_rnnt_loss: the {backend.upper()} backend needs {backend.upper()} tensors, got {device}")
+            name = backend.upper()
+            raise ValueError(f"pruned_rnnt_loss: the {name} backend needs {name} tensors, got {device}")
         extension.load("pruned_rnnt", backend)  # raises where the kernels cannot be built
     elif backend == "auto":
         backend = device.type if extension.usable("pruned_rnnt", device) else "torch"

@@ -36,7 +36,7 @@ class BlankAndLabelLogProbs(torch.autograd.Function):
 
 
 class LatticeLoss(torch.autograd.Function):
-    """-log P(targets) over the pruned lattice by the PyTorch DP, per utterance; the gradients are minus the occupations."""
+    """-log P(targets) over the pruned lattice by the PyTorch DP, per utterance; gradients: minus the occupations."""
 
     @staticmethod
     def forward(ctx, blank, emit, start, logit_lengths, target_lengths):

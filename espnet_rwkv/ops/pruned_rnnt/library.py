@@ -10,7 +10,7 @@ import torch
 
 
 def lattice_loss_kernel(blank, emit, start, logit_lengths, target_lengths):
-    """-log Z (B,) of the pruned lattice through the registered op; arguments as ``torch_impl.lattice_forward_backward``."""
+    """-log Z (B,) of the pruned lattice by the registered op; arguments as ``torch_impl.lattice_forward_backward``."""
     log_z, _, _ = torch.ops.espnet_rwkv.pruned_rnnt_lattice(blank, emit, start, logit_lengths, target_lengths)
     return -log_z
 

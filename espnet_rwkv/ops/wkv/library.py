@@ -43,7 +43,8 @@ def _fake_backward(time_decay, time_first, k, v, state, saved, state_out, last_r
     C = k.size(2)
     math = _math_dtype(k)
     grad_state_in = torch.empty_like(state) if state is not None else k.new_empty(0, dtype=math)
-    return k.new_empty(C, dtype=math), k.new_empty(C, dtype=math), torch.empty_like(k), torch.empty_like(k), grad_state_in
+    grad_params = (k.new_empty(C, dtype=math), k.new_empty(C, dtype=math))
+    return *grad_params, torch.empty_like(k), torch.empty_like(k), grad_state_in
 
 
 def _setup_context(ctx, inputs, output):
@@ -61,7 +62,8 @@ def _backward(ctx, grad_y, grad_state, _grad_saved, _grad_last_reset):
     g_decay, g_first, gk, gv, g_state = torch.ops.espnet_rwkv.wkv_backward(
         time_decay, time_first, k, v, state, saved, state_out, last_reset, grad_y, grad_state
     )
-    return g_decay.to(time_decay.dtype), g_first.to(time_first.dtype), gk, gv, g_state if state is not None else None, None
+    g_state = g_state if state is not None else None
+    return g_decay.to(time_decay.dtype), g_first.to(time_first.dtype), gk, gv, g_state, None
 
 
 def register():
