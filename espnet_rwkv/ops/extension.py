@@ -157,8 +157,7 @@ def _toolkit(cuda: bool) -> str:
     if cuda:
         if CUDA_HOME is None:
             raise RuntimeError("no CUDA toolkit found (set CUDA_HOME)")
-        nvcc = os.environ.get("PYTORCH_NVCC", os.path.join(CUDA_HOME, "bin", "nvcc"))
-        parts += [*NVCC_FLAGS, str(nvcc_version(nvcc))]
+        parts += [*NVCC_FLAGS, str(nvcc_version(os.path.join(CUDA_HOME, "bin", "nvcc")))]
     return "\n".join(parts)
 
 
