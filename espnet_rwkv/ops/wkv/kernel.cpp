@@ -164,6 +164,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> wkv_backw
           const scalar_t* kb = k.data_ptr<scalar_t>() + off;
           const scalar_t* vb = v.data_ptr<scalar_t>() + off;
           const scalar_t* gyb = gy.defined() ? gy.data_ptr<scalar_t>() + off : nullptr;
+          scalar_t* gkb = gk.data_ptr<scalar_t>() + off;
+          scalar_t* gvb = gv.data_ptr<scalar_t>() + off;
           const acc_t* sout = state_out.data_ptr<acc_t>() + so;
           const acc_t* g_out = gs.defined() ? gs.data_ptr<acc_t>() + so : nullptr;
           // Per channel of the block: the adjoints, the gradient sums, the cotangent left on the
@@ -216,9 +218,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> wkv_backw
                 gu[j] += du;
                 acc_t gkt = f2[i][j] * (vt * lam[j] + mu[j]) + du;
                 if (t0 + i == amax[j]) gkt += rest[j];
-                gk.data_ptr<scalar_t>()[off + at_t] = static_cast<scalar_t>(gkt);
-                gv.data_ptr<scalar_t>()[off + at_t] =
-                    static_cast<scalar_t>(f2[i][j] * lam[j] + gmr[i][j]);
+                gkb[at_t] = static_cast<scalar_t>(gkt);
+                gvb[at_t] = static_cast<scalar_t>(f2[i][j] * lam[j] + gmr[i][j]);
                 lam[j] = f1[i][j] * lam[j] + alr[i][j];
                 mu[j] = f1[i][j] * mu[j] - alr[i][j] * yr[i][j];
               }
