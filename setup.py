@@ -1,47 +1,65 @@
 """espnet_rwkv: RWKV encoder + BAT loss for ESPnet's transducer task.
 
-Each op's kernel is ``espnet_rwkv/ops/<op>/kernel.cu``, installed as package data
-(built JIT on first use), or built ahead of time here into ``espnet_rwkv.ops.<op>._C``
-when a CUDA toolkit is present. The version is ``__version__`` in espnet_rwkv/__init__.py.
+Each op with kernels has ``espnet_rwkv/ops/<op>/kernel.cpp`` (its schemas and CPU kernels)
+and ``kernel.cu`` (its CUDA kernels), installed as package data (built JIT on first use),
+or built ahead of time here: the CPU libraries ``espnet_rwkv.ops.<op>._cpu`` wherever torch
+is importable at build time (g++ only), the CUDA ones ``espnet_rwkv.ops.<op>._cuda`` where a
+CUDA toolkit is present too. The version is ``__version__`` in espnet_rwkv/__init__.py.
 """
 
 import importlib.util
 import os
 import re
+import warnings
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 
-def _cuda_build():
-    """setup() arguments for the ahead-of-time CUDA build of espnet_rwkv/ops/*/kernel.cu, or none.
+def _kernel_build():
+    """setup() arguments for the ahead-of-time build of espnet_rwkv/ops/*/kernel.{cpp,cu}, or none.
 
-    Built only where a GPU is visible or ESPNET_RWKV_CUDA_BUILD=1 asks for it, so
-    installs on CPU machines (CI) stay quick; ESPNET_RWKV_NO_CUDA_BUILD=1 always
-    skips it. It needs torch at build time: ``pip install --no-build-isolation``.
-    Without it the kernels build JIT on first use (espnet_rwkv.ops.extension.load).
+    It needs torch at build time: ``pip install --no-build-isolation``; without it the
+    kernels build JIT on first use (espnet_rwkv.ops.extension.load). The CUDA libraries are
+    built only where a GPU is visible or ESPNET_RWKV_CUDA_BUILD=1 asks for it, so installs on
+    CPU machines (CI) stay quick, and only with a toolkit of at least
+    extension.MIN_CUDA_TOOLKIT; ESPNET_RWKV_NO_CUDA_BUILD=1 always skips them.
     """
-    if os.environ.get("ESPNET_RWKV_NO_CUDA_BUILD") == "1":
-        return {}
     try:
         import torch
-        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError:  # isolated build environment: no torch there
-        return {}
-    if CUDA_HOME is None or not (torch.cuda.is_available() or os.environ.get("ESPNET_RWKV_CUDA_BUILD") == "1"):
         return {}
     # The loader's own flags and op list; it imports only the standard library at import time.
     spec = importlib.util.spec_from_file_location("_extension", "espnet_rwkv/ops/extension.py")
     loader = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(loader)
     extensions = [
-        CUDAExtension(
-            f"espnet_rwkv.ops.{op}._C",
-            [f"espnet_rwkv/ops/{op}/kernel.cu"],
-            extra_compile_args={"cxx": ["-O3"], "nvcc": loader.NVCC_FLAGS},
+        CppExtension(
+            f"espnet_rwkv.ops.{op}._cpu",
+            [f"espnet_rwkv/ops/{op}/kernel.cpp"],
+            extra_compile_args=loader.CXX_FLAGS,
+            extra_link_args=loader.LD_FLAGS,
         )
         for op in loader.KERNEL_OPS
     ]
+    wanted = torch.cuda.is_available() or os.environ.get("ESPNET_RWKV_CUDA_BUILD") == "1"
+    if CUDA_HOME is not None and wanted and os.environ.get("ESPNET_RWKV_NO_CUDA_BUILD") != "1":
+        try:
+            loader.nvcc_version(os.path.join(CUDA_HOME, "bin", "nvcc"))
+        except RuntimeError as err:
+            warnings.warn(
+                f"espnet_rwkv: no CUDA kernels built ({err}); the PyTorch implementation runs on GPUs", stacklevel=2
+            )
+        else:
+            extensions += [
+                CUDAExtension(
+                    f"espnet_rwkv.ops.{op}._cuda",
+                    [f"espnet_rwkv/ops/{op}/kernel.cu"],
+                    extra_compile_args={"cxx": ["-O3"], "nvcc": loader.NVCC_FLAGS},
+                )
+                for op in loader.KERNEL_OPS
+            ]
     return {"ext_modules": extensions, "cmdclass": {"build_ext": BuildExtension}}
 
 
@@ -58,9 +76,9 @@ setup(
     url="https://github.com/espnet-rwkv/espnet_rwkv",
     license="Apache-2.0",
     packages=find_packages(include=["espnet_rwkv", "espnet_rwkv.*"]),
-    package_data={"espnet_rwkv.ops": ["*/*.cu"]},
+    package_data={"espnet_rwkv.ops": ["*/*.cu", "*/*.cpp", "*/*.h"]},
     python_requires=">=3.12,<3.13",
-    **_cuda_build(),
+    **_kernel_build(),
     install_requires=[
         "torch>=2.11,<2.12",
         "torchaudio>=2.11,<2.12",

@@ -273,8 +273,8 @@ def run_together(runs, poll: bool):
 
 
 def start_extension_builds():
-    """Build (or find) each CUDA extension in a process of its own, before any training."""
-    code = "import sys; from espnet_rwkv.ops import extension; extension.load(sys.argv[1])"
+    """Build (or find) each op's CUDA kernels in a process of its own, before any training."""
+    code = "import sys; from espnet_rwkv.ops import extension; extension.load(sys.argv[1], 'cuda')"
     return time.monotonic(), {
         op: subprocess.Popen([sys.executable, "-c", code, op], stderr=subprocess.PIPE, text=True)
         for op in ("wkv", "pruned_rnnt")

@@ -16,7 +16,7 @@ t0=$(date +%s); stamp() { echo "## $(( $(date +%s) - t0 ))s $*"; }
 # ESPnet's kernel builds in the background, with the name, flags and paths bench/wkv.py uses.
 (cd bench && python3 -c "import wkv; wkv.load_espnet('$ESP', 16384)" > "$OUT/espnet_build.log" 2>&1 &)
 stamp build
-python3 -c "from espnet_rwkv.ops import extension; extension.load('wkv')" > "$OUT/build.log" 2>&1 \
+python3 -c "from espnet_rwkv.ops import extension; extension.load('wkv', 'cuda')" > "$OUT/build.log" 2>&1 \
   || { tail -40 "$OUT/build.log"; exit 1; }
 stamp tests
 timeout 200 python3 -m pytest -q -n 8 test/test_wkv_cuda.py > "$OUT/tests.txt" 2>&1; tail -15 "$OUT/tests.txt"

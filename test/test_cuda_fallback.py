@@ -1,4 +1,4 @@
-"""A CUDA extension that cannot be built: backend "auto" warns once and uses PyTorch."""
+"""Kernels that cannot be built: backend "auto" warns once per device and uses PyTorch."""
 
 import warnings
 
@@ -9,13 +9,14 @@ from espnet_rwkv.ops import extension
 
 @pytest.mark.parametrize("op", ["wkv", "pruned_rnnt"])
 def test_failed_build_warns_once(op, monkeypatch):
-    def broken(name):
-        raise RuntimeError(f"nvcc exploded on {name}")
+    def broken(name, device_type):
+        raise RuntimeError(f"g++ exploded on {name}")
 
     monkeypatch.setattr(extension, "load", broken)
     monkeypatch.setattr(extension, "_usable", {})
-    with pytest.warns(RuntimeWarning, match=f"{op}: .*nvcc exploded on {op}.*PyTorch implementation instead"):
-        assert extension.usable(op) is False
+    expected = f"{op}: the CPU kernels .*g\\+\\+ exploded on {op}.*PyTorch implementation"
+    with pytest.warns(RuntimeWarning, match=expected):
+        assert extension.usable(op, "cpu") is False
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert extension.usable(op) is False
+        assert extension.usable(op, "cpu") is False

@@ -40,11 +40,12 @@ TINY_CU = textwrap.dedent("""\
     PyMODINIT_FUNC INIT(TORCH_EXTENSION_NAME)(void) { return PyModule_Create(&module); }
 """)
 
-# Builds the tiny extension through the plugin's loader and prints the module's name.
+# Builds the tiny extension through the plugin's loader and prints the built library's name.
 BUILD = textwrap.dedent("""\
     import sys
+    from pathlib import Path
     from espnet_rwkv.ops.extension import jit_build
-    print(jit_build("tiny_ext", [sys.argv[1]]).__name__)
+    print(Path(jit_build("tiny_ext", [sys.argv[1]], cuda=True)).stem)
 """)
 
 

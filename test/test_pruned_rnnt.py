@@ -6,9 +6,10 @@ import torchaudio
 
 from espnet_rwkv.ops import pruned_rnnt_loss
 
-# (device, lattice backend): the PyTorch DP on both devices and the CUDA kernel.
+# (device, lattice backend): the PyTorch DP on both devices and the C++ kernels.
 BACKENDS = [
     ("cpu", "torch"),
+    ("cpu", "cpu"),
     pytest.param("cuda", "torch", marks=pytest.mark.gpu),
     pytest.param("cuda", "cuda", marks=pytest.mark.gpu),
 ]
@@ -179,7 +180,7 @@ def test_window_without_a_path_gives_inf_and_zero_gradient(device, backend):
         (lambda a: {**a, "reduction": "max"}, "reduction must be"),
         (lambda a: {**a, "blank": 9}, "blank must be in"),
         (lambda a: {**a, "backend": "k2"}, "backend must be"),
-        (lambda a: {**a, "backend": "cuda"}, "CUDA backend needs CUDA tensors"),
+        (lambda a: {**a, "backend": "cuda"}, "CUDA backend needs CUDA tensors, got cpu"),
     ],
 )
 def test_bad_input_raises_clear_error(change, message):

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CPP_PATTERNS = ("espnet_rwkv/**/*.cu", "espnet_rwkv/**/*.cuh", "espnet_rwkv/**/*.h", "tools/**/*.h", "tools/**/*.cpp")
+CPP_PATTERNS = (
+    "espnet_rwkv/**/*.cu",
+    "espnet_rwkv/**/*.cpp",
+    "espnet_rwkv/**/*.cuh",
+    "espnet_rwkv/**/*.h",
+    "tools/**/*.h",
+    "tools/**/*.cpp",
+)
 CPP_SOURCES = sorted(str(p.relative_to(ROOT)) for pattern in CPP_PATTERNS for p in ROOT.glob(pattern))
 
 

@@ -7,7 +7,7 @@
 #include <cstring>
 #include <thread>
 #include <vector>
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 struct dim3 {
   unsigned x, y, z;
@@ -59,16 +59,19 @@ void launch(Kernel kernel, dim3 grid, dim3 block, size_t smem, Args... args) {
       }
 }
 
-inline torch::Tensor empty_poisoned(at::IntArrayRef sizes, const at::TensorOptions& o) {
-  return torch::full(sizes, o.dtype() == at::kInt ? -123456789.0 : NAN, o);
-}
-// Bytes of 0xff: NaN in every float dtype.
-inline at::TensorBase empty_cuda_poisoned(at::IntArrayRef sizes, at::ScalarType dtype, c10::Device,
-                                          std::optional<at::MemoryFormat>) {
-  TORCH_CHECK(dtype == at::kByte, "emulator: only byte buffers");
-  return torch::full(sizes, 255, at::TensorOptions().dtype(at::kByte));
+inline at::Tensor empty_poisoned(at::IntArrayRef sizes, const at::TensorOptions& o) {
+  return at::full(sizes, o.dtype() == at::kInt ? -123456789.0 : NAN, o);
 }
 }  // namespace emu
+
+// The host-side CUDA calls of kernel.cu: nothing to do on the CPU.
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
+template <typename Kernel>
+inline int cudaFuncSetAttribute(Kernel, cudaFuncAttribute, int) {
+  return 0;
+}
+#define C10_CUDA_CHECK(x) (void)(x)
+#define C10_CUDA_KERNEL_LAUNCH_CHECK() ((void)0)
 
 #define threadIdx emu::tIdx
 #define blockIdx emu::bIdx

@@ -1,20 +1,23 @@
 """RNN-T loss over a pruned lattice (k2's pruned-loss shape; BAT, arXiv 2305.11571).
 
 ``pruned_rnnt_loss`` is the one public function (docs/bat.md). The folder, as every op's:
-``kernel.cu`` (the CUDA lattice DP, docs/kernels.md), ``cuda.py`` (the call into it),
-``torch_impl.py`` (the same DP in PyTorch) and ``autograd.py`` (the two differentiable
-steps). The tests' reference is torchaudio's full ``rnnt_loss``.
+``kernel.cpp`` and ``kernel.cu`` (the lattice DP as the registered op
+``torch.ops.espnet_rwkv.pruned_rnnt_lattice``, CPU and CUDA kernels, docs/kernels.md),
+``library.py`` (its fake kernel and autograd), ``torch_impl.py`` (the same DP in PyTorch)
+and ``autograd.py`` (the PyTorch DP's and the label scores' differentiable steps). The
+tests' reference is torchaudio's full ``rnnt_loss``.
 """
 
 import torch
 
 from espnet_rwkv.ops import extension
 from espnet_rwkv.ops.pruned_rnnt.autograd import BlankAndLabelLogProbs, LatticeLoss
-from espnet_rwkv.ops.pruned_rnnt.torch_impl import lattice_forward_backward
+from espnet_rwkv.ops.pruned_rnnt.library import lattice_loss_kernel
 
 __all__ = ["pruned_rnnt_loss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+_BACKENDS = ("auto", "torch", "cpu", "cuda")
 
 
 def pruned_rnnt_loss(
@@ -46,8 +49,9 @@ def pruned_rnnt_loss(
         target_lengths: (B,) labels per utterance U_b.
         blank: blank index in V.
         reduction: "mean" (over utterances, as torchaudio), "sum" or "none" ((B,)).
-        backend: the lattice DP: "auto" (the CUDA extension for CUDA tensors, else
-            PyTorch), "torch" or "cuda".
+        backend: the lattice DP: "auto" (the C++ kernels where they are built for the
+            tensors' device, else PyTorch), "torch", or "cpu" / "cuda" (the kernels; a
+            ValueError for tensors on another device).
     Returns:
         The loss, float32 (float64 for float64 logits). An utterance whose windows admit no path (the window
         misses u = 0 at t = 0 or U_b at the last frame) has loss +inf and zero
@@ -57,14 +61,15 @@ def pruned_rnnt_loss(
     device = logits.device
     logit_lengths = logit_lengths.to(device=device, dtype=torch.int64)
     target_lengths = target_lengths.to(device=device, dtype=torch.int64)
-    if backend == "auto":
-        backend = "cuda" if logits.is_cuda and extension.usable("pruned_rnnt") else "torch"
-    if backend == "cuda":
-        from espnet_rwkv.ops.pruned_rnnt.cuda import lattice_forward_backward_cuda as forward_backward
-    elif backend == "torch":
-        forward_backward = lattice_forward_backward
-    else:
-        raise ValueError(f"pruned_rnnt_loss: backend must be 'auto', 'torch' or 'cuda', got {backend!r}")
+    if backend not in _BACKENDS:
+        raise ValueError(f"pruned_rnnt_loss: backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend in ("cpu", "cuda"):
+        if device.type != backend:
+            name = backend.upper()
+            raise ValueError(f"pruned_rnnt_loss: the {name} backend needs {name} tensors, got {device}")
+        extension.load("pruned_rnnt", backend)  # raises where the kernels cannot be built
+    elif backend == "auto":
+        backend = device.type if extension.usable("pruned_rnnt", device) else "torch"
     math_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
 
     start = ranges[..., 0]
@@ -83,7 +88,10 @@ def pruned_rnnt_loss(
     blank_lp = blank_lp.masked_fill(~node_exists, float("-inf"))
     emit_lp = emit_lp.masked_fill(~can_emit, float("-inf"))
 
-    loss = LatticeLoss.apply(blank_lp, emit_lp, start.contiguous(), logit_lengths, target_lengths, forward_backward)
+    if backend == "torch":
+        loss = LatticeLoss.apply(blank_lp, emit_lp, start.contiguous(), logit_lengths, target_lengths)
+    else:
+        loss = lattice_loss_kernel(blank_lp, emit_lp, start.contiguous(), logit_lengths, target_lengths)
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":

@@ -1,6 +1,11 @@
-"""The two differentiable steps of the pruned loss: label scores out of the logits, and the lattice."""
+"""The differentiable steps of the pruned loss: label scores out of the logits, and the PyTorch lattice DP.
+
+(The C++ lattice op's autograd is registered with the op: ``library.py``.)
+"""
 
 import torch
+
+from espnet_rwkv.ops.pruned_rnnt.torch_impl import lattice_forward_backward
 
 
 class BlankAndLabelLogProbs(torch.autograd.Function):
@@ -31,12 +36,12 @@ class BlankAndLabelLogProbs(torch.autograd.Function):
 
 
 class LatticeLoss(torch.autograd.Function):
-    """-log P(targets) over the pruned lattice, per utterance; the gradients are minus the occupations."""
+    """-log P(targets) over the pruned lattice by the PyTorch DP, per utterance; gradients: minus the occupations."""
 
     @staticmethod
-    def forward(ctx, blank, emit, start, logit_lengths, target_lengths, forward_backward):
-        """blank, emit (B, T, S); ``forward_backward`` is the backend's DP -> loss (B,)."""
-        log_z, blank_occ, emit_occ = forward_backward(blank, emit, start, logit_lengths, target_lengths)
+    def forward(ctx, blank, emit, start, logit_lengths, target_lengths):
+        """blank, emit (B, T, S) -> loss (B,)."""
+        log_z, blank_occ, emit_occ = lattice_forward_backward(blank, emit, start, logit_lengths, target_lengths)
         ctx.save_for_backward(blank_occ, emit_occ)
         return -log_z
 
@@ -44,4 +49,4 @@ class LatticeLoss(torch.autograd.Function):
     def backward(ctx, grad_loss):
         blank_occ, emit_occ = ctx.saved_tensors
         scale = -grad_loss[:, None, None]
-        return blank_occ * scale, emit_occ * scale, None, None, None, None
+        return blank_occ * scale, emit_occ * scale, None, None, None

@@ -1,5 +1,6 @@
 // Forward-backward over the pruned RNN-T lattice of BAT (arXiv 2305.11571),
-// the DP of espnet_rwkv.ops.pruned_rnnt.torch_impl on the GPU.
+// the DP of espnet_rwkv.ops.pruned_rnnt.torch_impl on the GPU: the CUDA implementation of
+// the registered op espnet_rwkv::pruned_rnnt_lattice (schema and CPU kernel: kernel.cpp).
 //
 // Utterance b has frames t < T_b and, at frame t, the window of S labels
 // u = start[t] + s. With slots s instead of labels and d_t = start[t] - start[t-1]:
@@ -18,11 +19,17 @@
 //
 // The occupations are exponentiated in double: --use_fast_math makes expf an
 // approximation whose error grows with |x|, and they are the gradients.
-#include <torch/extension.h>
-#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAException.h>
 
 #include <limits>
+#include <string>
+
+#include "lattice.h"
 
 namespace {
 
@@ -189,53 +196,31 @@ __global__ void occupation_kernel(Lattice<scalar_t> L, const scalar_t* log_z, sc
   }
 }
 
-void check(const torch::Tensor& x, const char* name, int dim) {
-  TORCH_CHECK(x.is_cuda(), "pruned_rnnt: ", name, " must be a CUDA tensor");
-  TORCH_CHECK(x.is_contiguous(), "pruned_rnnt: ", name, " must be contiguous");
-  TORCH_CHECK(x.dim() == dim, "pruned_rnnt: ", name, " must have ", std::to_string(dim),
-              " dims, got ",
-              std::to_string(x.dim()));  // integers as text: see wkv.cu
-}
-
-}  // namespace
-
 // Returns log_z (B,), and the occupation of every blank and emit move, (B, T, S) each.
-std::vector<torch::Tensor> forward_backward(torch::Tensor blank, torch::Tensor emit,
-                                            torch::Tensor start, torch::Tensor logit_lengths,
-                                            torch::Tensor target_lengths) {
-  check(blank, "blank", 3);
-  check(emit, "emit", 3);
-  check(start, "start", 2);
-  check(logit_lengths, "logit_lengths", 1);
-  check(target_lengths, "target_lengths", 1);
-  TORCH_CHECK(blank.sizes() == emit.sizes(), "pruned_rnnt: blank and emit must have one shape");
-  TORCH_CHECK(blank.scalar_type() == emit.scalar_type() &&
-                  (blank.scalar_type() == at::kFloat || blank.scalar_type() == at::kDouble),
-              "pruned_rnnt: blank and emit must both be float32 or both float64");
-  TORCH_CHECK(start.scalar_type() == at::kLong && logit_lengths.scalar_type() == at::kLong &&
-                  target_lengths.scalar_type() == at::kLong,
-              "pruned_rnnt: start and lengths must be int64");
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lattice_cuda(const at::Tensor& blank_in,
+                                                            const at::Tensor& emit_in,
+                                                            const at::Tensor& start_in,
+                                                            const at::Tensor& logit_lengths,
+                                                            const at::Tensor& target_lengths) {
+  espnet_rwkv_lattice::check_inputs(blank_in, emit_in, start_in, logit_lengths, target_lengths);
+  const auto blank = blank_in.contiguous(), emit = emit_in.contiguous();
+  const auto start = start_in.contiguous();
+  const auto t_len = logit_lengths.contiguous(), u_len = target_lengths.contiguous();
   const int B = blank.size(0), T = blank.size(1), S = blank.size(2);
-  TORCH_CHECK(start.size(0) == B && start.size(1) == T && logit_lengths.size(0) == B &&
-                  target_lengths.size(0) == B,
-              "pruned_rnnt: start must be (B, T) and lengths (B,)");
-
-  const at::cuda::CUDAGuard guard(blank.device());
-  auto alpha = torch::empty_like(blank);
-  auto beta = torch::empty_like(blank);
-  auto blank_occ = torch::empty_like(blank);
-  auto emit_occ = torch::empty_like(blank);
-  if (blank.numel() == 0) {
-    return {blank.new_zeros({B}), blank_occ, emit_occ};
-  }
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  torch::Tensor log_z;
+  const c10::cuda::CUDAGuard guard(blank.device());
+  auto alpha = at::empty_like(blank);
+  auto beta = at::empty_like(blank);
+  auto blank_occ = at::empty_like(blank);
+  auto emit_occ = at::empty_like(blank);
+  if (blank.numel() == 0) return {at::zeros({B}, blank.options()), blank_occ, emit_occ};
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor log_z;
   AT_DISPATCH_FLOATING_TYPES(blank.scalar_type(), "pruned_rnnt_forward_backward", [&] {
     Lattice<scalar_t> L{blank.data_ptr<scalar_t>(),
                         emit.data_ptr<scalar_t>(),
                         start.data_ptr<int64_t>(),
-                        logit_lengths.data_ptr<int64_t>(),
-                        target_lengths.data_ptr<int64_t>(),
+                        t_len.data_ptr<int64_t>(),
+                        u_len.data_ptr<int64_t>(),
                         alpha.data_ptr<scalar_t>(),
                         beta.data_ptr<scalar_t>(),
                         B,
@@ -260,7 +245,6 @@ std::vector<torch::Tensor> forward_backward(torch::Tensor blank, torch::Tensor e
   return {log_z, blank_occ, emit_occ};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward_backward", &forward_backward,
-        "Pruned RNN-T lattice: log_z (B,), blank and emit occupations (B, T, S)");
-}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(espnet_rwkv, CUDA, m) { m.impl("pruned_rnnt_lattice", &lattice_cuda); }

@@ -1,12 +1,15 @@
 """The WKV operator of RWKV-4 (docs/rwkv.md), with streaming state.
 
-``wkv`` is the one public function. CUDA tensors run the CUDA extension,
-everything else the chunked PyTorch implementation; ``backend`` forces one.
+``wkv`` is the one public function. It runs the registered op
+``torch.ops.espnet_rwkv.wkv_forward`` (C++ kernels for CPU and CUDA tensors) where
+they are built, else the chunked PyTorch implementation; ``backend`` forces one.
 
 One folder, one op:
 
-- ``kernel.cu``: the CUDA kernels, launchers, autograd node and bindings (docs/kernels.md);
-- ``cuda.py``: the call into the compiled kernel (``espnet_rwkv.ops.extension`` loads it);
+- ``kernel.cpp``: the op's schemas and CPU kernels; ``kernel.cu``: its CUDA kernels
+  (docs/kernels.md); ``wkv.h``: what the two share;
+- ``library.py``: the op's fake kernels and autograd (``espnet_rwkv.ops.extension`` loads
+  the libraries and registers them);
 - ``torch_impl.py``: the chunk-parallel PyTorch form, any device, autograd through it;
 - ``chunk.py``: the short-chunk streaming form (one stream, inference);
 - ``reference.py``: the float64 direct sums the tests compare every form against.
@@ -17,13 +20,15 @@ from typing import Optional, Tuple
 import torch
 
 from espnet_rwkv.ops import extension
-from espnet_rwkv.ops.wkv.cuda import wkv_cuda
+from espnet_rwkv.ops.wkv.library import wkv_kernel
 from espnet_rwkv.ops.wkv.torch_impl import EMPTY_P, empty_state, wkv_torch
 
 __all__ = ["wkv", "empty_state", "EMPTY_P"]
 
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_IO_DTYPES = _KERNEL_DTYPES + (torch.float64,)
+_IO_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+# What the kernels take, by device type; the rest runs in PyTorch.
+_KERNEL_DTYPES = {"cpu": _IO_DTYPES, "cuda": _IO_DTYPES[:3]}
+_BACKENDS = ("auto", "torch", "cpu", "cuda")
 
 
 def wkv(
@@ -49,26 +54,30 @@ def wkv(
             numerator ``a``, denominator ``b`` and their exponent ``p``, so that
             the true sums are ``a e^p`` and ``b e^p``. None is the empty state
             (``empty_state``). Differentiable.
-        backend: "auto" (CUDA extension for CUDA tensors, else PyTorch),
-            "torch" or "cuda".
+        backend: "auto" (the C++ kernels where they are built for the tensors' device
+            and dtype, else PyTorch), "torch", or "cpu" / "cuda" (the kernels; a
+            ValueError for tensors on another device).
     Returns:
         y: (B, T, C) in the dtype of ``k``; math in float32 (float64 for float64).
         state: (B, 3, C) after the last frame, to pass to the next chunk.
     """
-    if k.is_cuda and backend == "auto" and k.dtype in _KERNEL_DTYPES and extension.usable("wkv"):
-        # The streaming step's path, kept to these checks: the step is host-bound, and the
-        # extension checks the rest itself, with the same errors.
-        return wkv_cuda(time_decay, time_first, k, v, state)
+    if backend not in _BACKENDS:
+        raise ValueError(f"wkv: backend must be one of {_BACKENDS}, got {backend!r}")
     _check_inputs(time_decay, time_first, k, v, state)
+    if backend in ("cpu", "cuda") and k.device.type != backend:
+        raise ValueError(f"wkv: backend {backend!r} needs {backend.upper()} tensors, got {k.device}")
     math_dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
     B, T, C = k.shape
     if T == 0:
         return k.new_empty(B, 0, C), state if state is not None else empty_state(B, C, k.device).to(math_dtype)
-
-    if backend == "cuda":
-        return wkv_cuda(time_decay, time_first, k, v, state)  # the kernel starts from the empty state itself
-    if backend not in ("auto", "torch"):
-        raise ValueError(f"wkv: backend must be 'auto', 'torch' or 'cuda', got {backend!r}")
+    if backend == "auto":
+        use_kernel = k.dtype in _KERNEL_DTYPES.get(k.device.type, ()) and extension.usable("wkv", k.device)
+    else:
+        use_kernel = backend != "torch"
+        if use_kernel:
+            extension.load("wkv", backend)  # raises where the kernels cannot be built
+    if use_kernel:
+        return wkv_kernel(time_decay, time_first, k, v, state)
     if state is None:
         state = empty_state(B, C, k.device).to(math_dtype)
     w = -torch.exp(time_decay.to(math_dtype))

@@ -1,5 +1,6 @@
 // RWKV-4 WKV (docs/rwkv.md; kernel design in docs/kernels.md): forward and backward with a
-// streaming (a, b, p) state.
+// streaming (a, b, p) state, the CUDA implementation of the registered ops
+// espnet_rwkv::wkv_forward and wkv_backward (schemas and CPU kernels: kernel.cpp).
 //
 // Parallel over time by the associativity of the state update (RWKV paper,
 // arXiv 2305.13048): a block owns 32 channels (one per lane) of one batch row
@@ -28,21 +29,21 @@
 // lambda_start = R + P lambda_end. Each row builds its map in time order while it
 // recomputes the forward, the rows are chained from the end, and one reverse pass
 // per row then has the exact adjoints: no per-frame partial results are kept.
-#include <torch/extension.h>
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <ATen/cuda/EmptyTensor.h>
-#include <cuda.h>
-#include <cudaTypedefs.h>
-#include <torch/csrc/autograd/python_variable.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "wkv.h"
 
 namespace {
 
-constexpr float kEmptyP = -1e38f;  // espnet_rwkv.ops.wkv.EMPTY_P
+using namespace espnet_rwkv_wkv;  // kEmptyP, kL, the input checks
+
 constexpr int kLog2Lanes = 5;
 constexpr int kLanes = 1 << kLog2Lanes;  // channels per block, one per lane
-constexpr int kLog2L = 3;
-constexpr int kL = 1 << kLog2L;  // frames per thread row; states are saved every kL frames
 constexpr int kFwdRows = 16;     // most thread rows of the forward (512 threads, 2 blocks/SM)
 constexpr int kFwdMaxLog2R = 4;  // longest forward row: 16 frames
 constexpr int kBwdRows = 8;      // of the backward (more registers per frame)
@@ -556,46 +557,9 @@ __global__ void wkv_param_grad_kernel(const float* __restrict__ time_decay,
   g_first[c] = su;
 }
 
-// Integers go into error messages as text: streaming an integer (or an IntArrayRef) into a
-// TORCH_CHECK message from this nvcc-compiled host code crashed the process (torch 2.11,
-// CUDA 13.0) instead of raising; std::to_string does not.
-// shape(t) is "(2, 8, 4)".
-std::string shape(const torch::Tensor& t) {
-  std::string s = "(";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + ")";
-}
+at::Tensor float_param(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
-// t must have `dim` dims and live on `device`, k's CUDA device.
-void check_on(const torch::Tensor& t, const char* name, int dim, const c10::Device& device) {
-  TORCH_CHECK_VALUE(t.device() == device, "wkv: all inputs must be on one device, k is on ", device,
-                    " and ", name, " on ", t.device());
-  TORCH_CHECK_VALUE(t.dim() == dim, "wkv: ", name, " must have ", std::to_string(dim),
-                    " dims, got ", std::to_string(t.dim()));
-}
-
-torch::Tensor contiguous(const torch::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
-
-torch::Tensor float_param(const torch::Tensor& t, const char* name, int64_t C,
-                          const c10::Device& device) {
-  check_on(t, name, 1, device);
-  TORCH_CHECK_VALUE(t.size(0) == C, "wkv: ", name, " must be (", std::to_string(C), ",), got ",
-                    shape(t));
-  return t.scalar_type() == at::kFloat ? contiguous(t) : t.to(at::kFloat).contiguous();
-}
-
-// The state (B, 3, C) float32, or nullptr for the empty state (undefined tensor).
-const float* state_ptr(const torch::Tensor& s, torch::Tensor& keep, int64_t B, int64_t C,
-                       const char* name, const c10::Device& device) {
-  if (!s.defined()) return nullptr;
-  check_on(s, name, 3, device);
-  TORCH_CHECK_VALUE(
-      s.scalar_type() == at::kFloat && s.size(0) == B && s.size(1) == 3 && s.size(2) == C,
-      "wkv: ", name, " must be (", std::to_string(B), ", 3, ", std::to_string(C), ") float32, got ",
-      shape(s), " ", s.scalar_type());
-  keep = contiguous(s);
-  return keep.data_ptr<float>();
-}
+bool cuda_io(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
 
 // fp32, fp16 and bf16 I/O; float64 stays on the PyTorch path.
 #define WKV_DISPATCH(TYPE, NAME, ...)                                            \
@@ -611,160 +575,54 @@ int log2_rows(int64_t T, int most, int row_frames) {
 }
 
 // Whether rows of these (B, T, C) tensors can be staged with 16-byte copies.
-bool vec_ok(std::initializer_list<const torch::Tensor*> ts, int64_t C) {
+bool vec_ok(std::initializer_list<const at::Tensor*> ts, int64_t C) {
   bool ok = C * ts.begin()[0]->element_size() % 16 == 0;
   for (auto t : ts)
     ok = ok && (!t->defined() || reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0);
   return ok;
 }
 
-// Kernels are launched through the driver (cuLaunchKernel with the kernel's context-free
-// CUkernel handle): less host time per launch than through the runtime, which matters to
-// the host-bound streaming step. The entry points come from the runtime, so
-// nothing links libcuda.
-struct Driver {
-  PFN_cuCtxGetCurrent_v4000 ctx_get_current;
-  PFN_cuLaunchKernel_v4000 launch_kernel;
-  PFN_cuKernelSetAttribute_v12000 kernel_set_attribute;
-  PFN_cuGetErrorName_v6000 error_name;
-};
-
-template <typename Fn>
-Fn driver_entry(const char* name) {
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult found;
-  C10_CUDA_CHECK(cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &found));
-  TORCH_CHECK(found == cudaDriverEntryPointSuccess && fn != nullptr, "wkv: the CUDA driver has no ",
-              name);
-  return reinterpret_cast<Fn>(fn);
-}
-
-const Driver& driver() {
-  static const Driver d{driver_entry<PFN_cuCtxGetCurrent_v4000>("cuCtxGetCurrent"),
-                        driver_entry<PFN_cuLaunchKernel_v4000>("cuLaunchKernel"),
-                        driver_entry<PFN_cuKernelSetAttribute_v12000>("cuKernelSetAttribute"),
-                        driver_entry<PFN_cuGetErrorName_v6000>("cuGetErrorName")};
-  return d;
-}
-
-void check_driver(CUresult r, const char* call) {
-  if (r == CUDA_SUCCESS) return;
-  const char* name = nullptr;
-  driver().error_name(r, &name);
-  TORCH_CHECK(false, "wkv: ", call, " failed: ", name != nullptr ? name : "unknown CUresult");
-}
-
-template <auto kKernel>
-CUkernel kernel_handle() {
-  static const CUkernel handle = [] {
-    cudaKernel_t k = nullptr;
-    C10_CUDA_CHECK(cudaGetKernel(&k, reinterpret_cast<const void*>(kKernel)));
-    return reinterpret_cast<CUkernel>(k);
-  }();
-  return handle;
-}
-
-template <auto kKernel, typename... Params, typename... Args>
-void launch_converted(void (*)(Params...), dim3 grid, dim3 block, size_t smem, Args... args) {
-  // A CUkernel on the legacy stream runs in the thread's current context, which a thread that
-  // has not used CUDA yet lacks (a new Python thread: without this the launch fails there with
-  // an invalid context, test_wkv_cuda.py): bind the device's primary one.
-  CUcontext ctx = nullptr;
-  check_driver(driver().ctx_get_current(&ctx), "cuCtxGetCurrent");
-  if (ctx == nullptr) C10_CUDA_CHECK(c10::cuda::SetDevice(c10::cuda::current_device(), true));
+// Dynamic shared memory above 48 KB must be asked for per kernel.
+template <typename Kernel>
+void allow_shared(Kernel kernel, size_t smem) {
   if (smem > 48 * 1024)
-    check_driver(driver().kernel_set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                               static_cast<int>(smem), kernel_handle<kKernel>(),
-                                               c10::cuda::current_device()),
-                 "cuKernelSetAttribute");
-  std::tuple<Params...> values(args...);  // the kernel's parameter types, converted as by a call
-  std::apply(
-      [&](auto&... value) {
-        void* params[] = {&value...};
-        // cuLaunchKernel takes a CUkernel as a CUfunction.
-        check_driver(driver().launch_kernel(
-                         reinterpret_cast<CUfunction>(kernel_handle<kKernel>()), grid.x, grid.y,
-                         grid.z, block.x, block.y, block.z, static_cast<unsigned>(smem),
-                         c10::cuda::getCurrentCUDAStream().stream(), params, nullptr),
-                     "cuLaunchKernel");
-      },
-      values);
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
 }
 
-// Launches kKernel with `smem` bytes of dynamic shared memory on the current stream.
-template <auto kKernel, typename... Args>
-void launch(dim3 grid, dim3 block, size_t smem, Args... args) {
-  launch_converted<kKernel>(kKernel, grid, block, smem, args...);
-}
-
-// A tensor of `sizes` and `dtype` over the bytes of `buf` from `byte_offset` on.
-torch::Tensor part_of(const at::TensorBase& buf, int64_t byte_offset, at::IntArrayRef sizes,
-                      at::ScalarType dtype) {
-  auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(buf.storage()), buf.key_set(),
-                                                   c10::scalarTypeToTypeMeta(dtype));
-  impl->set_storage_offset(byte_offset / static_cast<int64_t>(c10::elementSize(dtype)));
-  impl->set_sizes_contiguous(sizes);
-  return torch::Tensor(std::move(impl));
-}
-
-// y (B, T, C) in k's dtype and the final state (B, 3, C) float32 over one allocation, taken
-// without the dispatcher: the streaming step is host-bound, and one allocation here costs
-// less host time than two at::empty. Only where nothing is saved for a
-// backward, where the state would keep y's memory alive.
-std::tuple<torch::Tensor, torch::Tensor> outputs_in_one_allocation(const torch::Tensor& k) {
-  const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
-  const int64_t y_bytes = (B * T * C * k.element_size() + 15) / 16 * 16;
-  const auto buf =
-      at::detail::empty_cuda({y_bytes + B * 3 * C * 4}, at::kByte, k.device(), std::nullopt);
-  return {part_of(buf, 0, {B, T, C}, k.scalar_type()),
-          part_of(buf, y_bytes, {B, 3, C}, at::kFloat)};
-}
-
-// time_decay, time_first: (C,) any float dtype; k, v: (B, T, C); state: (B, 3, C) float32 or
-// undefined (empty). Returns y (B, T, C) and the state after the last frame (B, 3, C); with
-// train (T > 0), also what the backward needs: the state entering every kL frames
-// (B, ceil(T/kL), 3, C) and the frame that set the final max exponent (B, C) int32.
-std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch::Tensor& time_first,
-                                   const torch::Tensor& k_in, const torch::Tensor& v_in,
-                                   const torch::Tensor& state, bool train) {
-  TORCH_CHECK_VALUE(k_in.is_cuda(), "wkv: k must be a CUDA tensor, got ", k_in.device());
-  const auto dev = k_in.device();
-  TORCH_CHECK_VALUE(k_in.dim() == 3 && k_in.sizes() == v_in.sizes(),
-                    "wkv: k and v must both be (B, T, C), got ", shape(k_in), " and ", shape(v_in));
-  check_on(v_in, "v", 3, dev);
-  const auto io = k_in.scalar_type();
-  TORCH_CHECK_TYPE(
-      io == v_in.scalar_type() && (io == at::kFloat || io == at::kHalf || io == at::kBFloat16),
-      "wkv: k and v must share float32, bfloat16 or float16, "
-      "got ",
-      io, " and ", v_in.scalar_type());
-  const at::cuda::CUDAGuard guard(dev);
+// espnet_rwkv::wkv_forward on CUDA tensors. time_decay, time_first: (C,) any float dtype;
+// k, v: (B, T, C); state: (B, 3, C) float32 or none (empty). Returns y (B, T, C) and the state
+// after the last frame (B, 3, C); with train, also what the backward needs: the state entering
+// every kL frames (B, ceil(T/kL), 3, C) and the frame that set the final max exponent (B, C)
+// int32 (else both empty).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wkv_forward_cuda(
+    const at::Tensor& time_decay, const at::Tensor& time_first, const at::Tensor& k_in,
+    const at::Tensor& v_in, const std::optional<at::Tensor>& state, bool train) {
+  check_inputs(time_decay, time_first, k_in, v_in, state, cuda_io, "float32, bfloat16, float16");
+  const c10::cuda::CUDAGuard guard(k_in.device());
   const int64_t B = k_in.size(0), T = k_in.size(1), C = k_in.size(2);
   // Frame offsets t*C are int, t up to T plus one super-chunk.
   TORCH_CHECK_VALUE((T + (kFwdRows << kFwdMaxLog2R)) * C < (int64_t(1) << 31),
                     "wkv: T*C too large");
-  const auto td = float_param(time_decay, "time_decay", C, dev);
-  const auto tf = float_param(time_first, "time_first", C, dev);
-  const auto k = contiguous(k_in), v = contiguous(v_in);
-  torch::Tensor s_keep;
-  const float* s_in = state_ptr(state, s_keep, B, C, "state", dev);
+  const auto td = float_param(time_decay), tf = float_param(time_first);
+  const auto k = k_in.contiguous(), v = v_in.contiguous();
+  const auto s_in = state.has_value() ? state->contiguous() : at::Tensor();
   const auto f32 = k.options().dtype(at::kFloat);
-  if (T == 0) {  // no frames: the state passes through (never trained on: see wkv())
-    torch::Tensor empty = s_in != nullptr ? state : at::zeros({B, 3, C}, f32);
-    if (s_in == nullptr) empty.select(1, 2).fill_(kEmptyP);
-    return {at::empty({B, 0, C}, k.options()), empty};
-  }
-  torch::Tensor y, state_out, saved, amax;
-  if (train) {
-    y = at::empty({B, T, C}, k.options());
-    state_out = at::empty({B, 3, C}, f32);
-    saved = at::empty({B, (T + kL - 1) / kL, 3, C}, f32);
-    amax = at::empty({B, C}, k.options().dtype(at::kInt));
-  } else {
-    std::tie(y, state_out) = outputs_in_one_allocation(k);
+  auto y = at::empty({B, T, C}, k.options());
+  auto state_out = at::empty({B, 3, C}, f32);
+  auto saved = train ? at::empty({B, (T + kL - 1) / kL, 3, C}, f32) : at::empty({0}, f32);
+  auto amax = at::empty(train ? at::IntArrayRef({B, C}) : at::IntArrayRef({0}),
+                        k.options().dtype(at::kInt));
+  if (T == 0) {  // no frames: the state passes through
+    if (s_in.defined())
+      state_out.copy_(s_in);
+    else
+      state_out.zero_().select(1, 2).fill_(kEmptyP);
+    return {y, state_out, saved, amax};
   }
   if (B * C > 0) {
     const bool vec = vec_ok({&k, &v}, C);
+    const auto stream = c10::cuda::getCurrentCUDAStream();
     WKV_DISPATCH(k.scalar_type(), "wkv_forward", [&] {
       constexpr int kLog2R = kFwdLog2R<scalar_t>;
       const int log2G = log2_rows(T, kFwdRows, 1 << kLog2R);
@@ -772,11 +630,15 @@ std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch:
       const size_t smem = 2 * 2 * (size_t(1) << (kLog2R + log2G)) * kLanes * sizeof(scalar_t);
       const auto launch_forward = [&](auto train_tag) {
         constexpr bool kTrain = decltype(train_tag)::value;
-        launch<wkv_forward_kernel<scalar_t, kTrain>>(
-            grid, block, smem, td.data_ptr<float>(), tf.data_ptr<float>(), k.data_ptr<scalar_t>(),
-            v.data_ptr<scalar_t>(), s_in, y.data_ptr<scalar_t>(), state_out.data_ptr<float>(),
+        const auto kernel = wkv_forward_kernel<scalar_t, kTrain>;
+        allow_shared(kernel, smem);
+        kernel<<<grid, block, smem, stream>>>(
+            td.data_ptr<float>(), tf.data_ptr<float>(), k.data_ptr<scalar_t>(),
+            v.data_ptr<scalar_t>(), s_in.defined() ? s_in.data_ptr<float>() : nullptr,
+            y.data_ptr<scalar_t>(), state_out.data_ptr<float>(),
             kTrain ? amax.data_ptr<int>() : nullptr, kTrain ? saved.data_ptr<float>() : nullptr,
             (int)T, (int)C, log2G, vec);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
       if (train)
         launch_forward(std::true_type{});
@@ -784,140 +646,69 @@ std::vector<torch::Tensor> forward(const torch::Tensor& time_decay, const torch:
         launch_forward(std::false_type{});
     });
   }
-  if (train) return {y, state_out, saved, amax};
-  return {y, state_out};
+  return {y, state_out, saved, amax};
 }
 
-// The forward's inputs and train outputs, and the cotangents of y and of the final state
-// (undefined: zero). Returns the gradients of time_decay and time_first (C,) float32, of k
-// and v (B, T, C), and of the initial state (B, 3, C), undefined when it was empty.
-std::vector<torch::Tensor> backward(const torch::Tensor& time_decay,
-                                    const torch::Tensor& time_first, const torch::Tensor& k_in,
-                                    const torch::Tensor& v_in, const torch::Tensor& state,
-                                    const torch::Tensor& saved, const torch::Tensor& state_out,
-                                    const torch::Tensor& amax, const torch::Tensor& grad_y,
-                                    const torch::Tensor& grad_state) {
-  const auto dev = k_in.device();
-  const at::cuda::CUDAGuard guard(dev);
+// espnet_rwkv::wkv_backward on CUDA tensors: the forward's inputs and train outputs, and the
+// cotangents of y and of the final state (none: zero). Returns the gradients of time_decay and
+// time_first (C,) float32, of k and v (B, T, C), and of the initial state (B, 3, C), empty
+// when there was none.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> wkv_backward_cuda(
+    const at::Tensor& time_decay, const at::Tensor& time_first, const at::Tensor& k_in,
+    const at::Tensor& v_in, const std::optional<at::Tensor>& state, const at::Tensor& saved_in,
+    const at::Tensor& state_out_in, const at::Tensor& amax_in,
+    const std::optional<at::Tensor>& grad_y, const std::optional<at::Tensor>& grad_state) {
+  check_inputs(time_decay, time_first, k_in, v_in, state, cuda_io, "float32, bfloat16, float16");
+  check_saved(k_in, saved_in, amax_in);
+  const c10::cuda::CUDAGuard guard(k_in.device());
   const int64_t B = k_in.size(0), T = k_in.size(1), C = k_in.size(2);
-  const auto td = float_param(time_decay, "time_decay", C, dev);
-  const auto tf = float_param(time_first, "time_first", C, dev);
-  const auto k = contiguous(k_in), v = contiguous(v_in);
-  torch::Tensor s_keep, gs_keep, gy;
-  const float* s_in = state_ptr(state, s_keep, B, C, "state", dev);
-  const float* gs_out = state_ptr(grad_state, gs_keep, B, C, "grad of state", dev);
-  if (grad_y.defined()) gy = contiguous(grad_y.to(k.scalar_type()));
+  const auto td = float_param(time_decay), tf = float_param(time_first);
+  const auto k = k_in.contiguous(), v = v_in.contiguous();
+  const auto saved = saved_in.contiguous(), state_out = state_out_in.contiguous();
+  const auto amax = amax_in.contiguous();
+  const auto s_in = state.has_value() ? state->contiguous() : at::Tensor();
+  const auto gy = grad_y.has_value() ? grad_y->to(k.scalar_type()).contiguous() : at::Tensor();
+  const auto gs = grad_state.has_value() ? grad_state->to(at::kFloat).contiguous() : at::Tensor();
   auto gk = at::empty({B, T, C}, k.options());
   auto gv = at::empty({B, T, C}, k.options());
   const auto f32 = k.options().dtype(at::kFloat);
-  torch::Tensor gstate = s_in != nullptr ? at::empty({B, 3, C}, f32) : torch::Tensor();
+  auto gstate = s_in.defined() ? at::empty({B, 3, C}, f32) : at::empty({0}, f32);
   auto g_decay = at::empty({C}, f32);
   auto g_first = at::empty({C}, f32);
-  if (B * C == 0) return {g_decay.zero_(), g_first.zero_(), gk, gv, gstate};
+  if (B * C == 0 || T == 0) {
+    if (s_in.defined()) gstate.copy_(gs.defined() ? gs : at::zeros_like(gstate));
+    return {g_decay.zero_(), g_first.zero_(), gk, gv, gstate};
+  }
   auto parts = at::empty({2, B, C}, f32);  // gw, gu per batch row
   const int log2G = log2_rows(T, kBwdRows, kL);
   const dim3 grid(B * ((C + kLanes - 1) / kLanes)), block(kLanes, 1 << log2G);
   const bool vec = vec_ok({&k, &v, &gy}, C);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   WKV_DISPATCH(k.scalar_type(), "wkv_backward", [&] {
     const size_t smem = (6 * (kL << log2G) * kLanes * sizeof(scalar_t) + 3) / 4 * 4 +
                         2 * (1 << log2G) * 3 * kLanes * sizeof(float);
-    launch<wkv_backward_kernel<scalar_t>>(
-        grid, block, smem, td.data_ptr<float>(), tf.data_ptr<float>(), k.data_ptr<scalar_t>(),
-        v.data_ptr<scalar_t>(), s_in, saved.data_ptr<float>(), state_out.data_ptr<float>(),
-        amax.data_ptr<int>(), gy.defined() ? gy.data_ptr<scalar_t>() : nullptr, gs_out,
-        gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(),
-        gstate.defined() ? gstate.data_ptr<float>() : nullptr, parts.data_ptr<float>(),
-        parts.data_ptr<float>() + B * C, (int)T, (int)C, log2G, vec);
+    const auto kernel = wkv_backward_kernel<scalar_t>;
+    allow_shared(kernel, smem);
+    kernel<<<grid, block, smem, stream>>>(
+        td.data_ptr<float>(), tf.data_ptr<float>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+        s_in.defined() ? s_in.data_ptr<float>() : nullptr, saved.data_ptr<float>(),
+        state_out.data_ptr<float>(), amax.data_ptr<int>(),
+        gy.defined() ? gy.data_ptr<scalar_t>() : nullptr,
+        gs.defined() ? gs.data_ptr<float>() : nullptr, gk.data_ptr<scalar_t>(),
+        gv.data_ptr<scalar_t>(), s_in.defined() ? gstate.data_ptr<float>() : nullptr,
+        parts.data_ptr<float>(), parts.data_ptr<float>() + B * C, (int)T, (int)C, log2G, vec);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  launch<wkv_param_grad_kernel>(dim3((C + 255) / 256), dim3(256), 0, td.data_ptr<float>(),
-                                parts.data_ptr<float>(), parts.data_ptr<float>() + B * C,
-                                g_decay.data_ptr<float>(), g_first.data_ptr<float>(), (int)B,
-                                (int)C);
+  wkv_param_grad_kernel<<<dim3((C + 255) / 256), dim3(256), 0, stream>>>(
+      td.data_ptr<float>(), parts.data_ptr<float>(), parts.data_ptr<float>() + B * C,
+      g_decay.data_ptr<float>(), g_first.data_ptr<float>(), (int)B, (int)C);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {g_decay, g_first, gk, gv, gstate};
 }
 
-// The autograd node, in C++: the engine's backward takes no GIL and runs no Python, and each
-// direction is one C++ call.
-struct WKVFunction : torch::autograd::Function<WKVFunction> {
-  // From the empty state: a C++ node takes no undefined input, so this one has four.
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
-                                                const torch::Tensor& time_decay,
-                                                const torch::Tensor& time_first,
-                                                const torch::Tensor& k, const torch::Tensor& v) {
-    return forward(ctx, time_decay, time_first, k, v, torch::Tensor());
-  }
-
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
-                                                const torch::Tensor& time_decay,
-                                                const torch::Tensor& time_first,
-                                                const torch::Tensor& k, const torch::Tensor& v,
-                                                const torch::Tensor& state) {
-    ctx->set_materialize_grads(false);  // an unused output's cotangent stays undefined, not zeros
-    auto out = ::forward(time_decay, time_first, k, v, state, /*train=*/true);
-    ctx->save_for_backward({time_decay, time_first, k, v, state, out[2], out[1], out[3]});
-    return {out[0], out[1]};
-  }
-
-  // Parameter gradients come as float32; the engine casts them to the parameters' dtype. The
-  // state's gradient is undefined when the state was empty (the four-input node).
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const auto s = ctx->get_saved_variables();
-    return ::backward(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], grads[0], grads[1]);
-  }
-};
-
-// WKV with an optional state (None: empty): y (B, T, C) and the state after the last frame.
-// One autograd node when grad mode is on and an input needs a gradient; otherwise (inference,
-// streaming) nothing is saved.
-std::tuple<torch::Tensor, torch::Tensor> wkv(const torch::Tensor& time_decay,
-                                             const torch::Tensor& time_first,
-                                             const torch::Tensor& k, const torch::Tensor& v,
-                                             const std::optional<torch::Tensor>& state) {
-  const torch::Tensor s = state.value_or(torch::Tensor());
-  // No frames: the state itself comes back, so its graph is the identity's, with no node.
-  const bool frames = k.dim() != 3 || k.size(1) > 0;
-  const bool needs_grad =
-      frames && at::GradMode::is_enabled() &&
-      (time_decay.requires_grad() || time_first.requires_grad() || k.requires_grad() ||
-       v.requires_grad() || (s.defined() && s.requires_grad()));
-  const auto out = !needs_grad   ? forward(time_decay, time_first, k, v, s, /*train=*/false)
-                   : s.defined() ? WKVFunction::apply(time_decay, time_first, k, v, s)
-                                 : WKVFunction::apply(time_decay, time_first, k, v);
-  return {out[0], out[1]};
-}
-
-// wkv(time_decay, time_first, k, v, state=None), positional, as a CPython fast call: pybind's
-// argument and result conversion cost more host time per call.
-PyObject* wkv_py(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  TORCH_CHECK_TYPE(nargs == 4 || nargs == 5,
-                   "wkv: takes time_decay, time_first, k, v and "
-                   "optionally state, got ",
-                   std::to_string(nargs), " arguments");
-  static const char* const names[] = {"time_decay", "time_first", "k", "v", "state"};
-  for (Py_ssize_t i = 0; i < nargs; ++i)
-    TORCH_CHECK_TYPE(THPVariable_Check(args[i]) || (i == 4 && args[i] == Py_None),
-                     "wkv: ", names[i], " must be a tensor", i == 4 ? " or None" : "", ", got ",
-                     Py_TYPE(args[i])->tp_name);
-  const auto out = wkv(THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]),
-                       THPVariable_Unpack(args[2]), THPVariable_Unpack(args[3]),
-                       nargs == 5 && args[4] != Py_None
-                           ? std::optional<torch::Tensor>(THPVariable_Unpack(args[4]))
-                           : std::nullopt);
-  PyObject* result = PyTuple_New(2);
-  if (result == nullptr) return nullptr;
-  PyTuple_SET_ITEM(result, 0, THPVariable_Wrap(std::get<0>(out)));  // steals the new references
-  PyTuple_SET_ITEM(result, 1, THPVariable_Wrap(std::get<1>(out)));
-  return result;
-  END_HANDLE_TH_ERRORS
-}
-
-PyMethodDef methods[] = {
-    {"wkv", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(wkv_py)), METH_FASTCALL,
-     "WKV: y and the final state, differentiable through a C++ autograd node"},
-    {nullptr, nullptr, 0, nullptr}};
-
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { PyModule_AddFunctions(m.ptr(), methods); }
+TORCH_LIBRARY_IMPL(espnet_rwkv, CUDA, m) {
+  m.impl("wkv_forward", &wkv_forward_cuda);
+  m.impl("wkv_backward", &wkv_backward_cuda);
+}

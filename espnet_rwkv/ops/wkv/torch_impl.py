@@ -66,10 +66,12 @@ def wkv_torch(
     # Intra-chunk exponents e[b, n, t, i, c] for output t and source frame i.
     e = k[:, :, None, :, :] + torch.where(past[..., None], lag[..., None] * w, 0.0)
     e = torch.where(diag[..., None], e + u, e)
-    e = e.masked_fill(~(past | diag)[..., None], EMPTY_P)
+    causal = (past | diag)[..., None]
+    e = e.masked_fill(~causal, EMPTY_P)
     e_max = e.amax(dim=3)  # (B, N, L, C)
     weight = torch.exp(e - e_max[:, :, :, None, :])
-    num = (weight * v[:, :, None, :, :]).sum(dim=3)
+    # A later frame's weight is 0, but 0 * NaN/inf is NaN: mask the product, not only the weight.
+    num = torch.where(causal, weight * v[:, :, None, :, :], 0.0).sum(dim=3)
     den = weight.sum(dim=3)
 
     s_a, s_b, s_p = _summary(k, v, w)  # (B, N, C) each
