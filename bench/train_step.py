@@ -10,7 +10,9 @@ Every batch holds ``--batch-seconds`` of audio: utterances of 4, 16 and 32 s, so
 frame count is the same and only the utterance length changes. ``compiled`` turns on
 the encoder's ``compile: true`` (each block through ``torch.compile``); the conformer's
 blocks are compiled the same way. Time per step is the median of ``--steps`` steps
-after one warm-up step (the compile happens there). Peak memory: on CUDA
+after one warm-up step (the compile happens there); on the CPU in CPU seconds of the
+process (all threads), which other load on a shared machine disturbs less than wall
+time. Peak memory: on CUDA
 ``max_memory_allocated`` during the step; on the CPU the peak of the process's resident
 set during the step (sampled every millisecond) above its size before it. On the CPU
 the table also gives the ATen operator calls of one step (profiler). Ratios < 1 favour
@@ -130,9 +132,9 @@ def measure(model, optimizer, batch, steps: int, device: str):
             peak = max(peak, torch.cuda.max_memory_allocated() - base)
         else:
             with PeakResidentMemory() as memory:
-                start = time.perf_counter()
+                start = time.process_time()
                 train_step(model, optimizer, batch)
-                times.append(time.perf_counter() - start)
+                times.append(time.process_time() - start)
             peak = max(peak, memory.used)
     ops = aten_calls(model, optimizer, batch) if device == "cpu" else None
     return statistics.median(times), peak, ops
@@ -146,7 +148,10 @@ def main():
     parser.add_argument("--batch-seconds", type=float, default=None, help="audio per batch (GPU 384, CPU 32)")
     parser.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["eager", "compiled"])
     parser.add_argument("--steps", type=int, default=None, help="timed steps (GPU 10, CPU 2)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (1: steadiest on a shared machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     on_gpu = args.device == "cuda"
     batch_seconds = args.batch_seconds or (384.0 if on_gpu else 32.0)
     steps = args.steps or (10 if on_gpu else 2)
@@ -156,7 +161,8 @@ def main():
     columns += ["RWKV-BAT MiB", "conformer MiB", "memory ratio"]
     if not on_gpu:
         columns += ["RWKV-BAT ATen calls", "conformer ATen calls"]
-    print(f"device {args.device}, {torch.get_num_threads()} threads, {batch_seconds:g} s of audio per batch")
+    clock = "wall" if on_gpu else "process CPU"
+    print(f"device {args.device}, {torch.get_num_threads()} threads, {batch_seconds:g} s of audio a batch, {clock} s")
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for size in args.sizes:
