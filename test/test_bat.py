@@ -59,6 +59,66 @@ def test_unreachable_label_count_is_an_error():
         bat_ranges(torch.ones(2, 4), torch.tensor([4, 4]), torch.tensor([2, 30]), 1, 2)
 
 
+def looped_bat_ranges(cif_alpha, t_len, u_len, left, right):
+    """The windows as first written: clamp, then a Python loop over frames for the two path rules."""
+    S = left + right
+    B, T = cif_alpha.shape
+    last_start = (u_len - S + 1).clamp(min=0)
+    frames = torch.arange(T)
+    valid = frames[None, :] < t_len[:, None]
+    proposal = torch.cumsum(cif_alpha.float().masked_fill(~valid, 0.0), dim=1).floor().long() - left
+    lowest = (last_start[:, None] - (t_len[:, None] - 1 - frames[None, :]) * (S - 1)).clamp(min=0)
+    highest = torch.minimum(frames[None, :] * (S - 1), last_start[:, None])
+    start = torch.where(valid, torch.maximum(torch.minimum(proposal, highest), lowest), last_start[:, None])
+    monotone = [start[:, 0]]
+    for t in range(1, T):
+        monotone.append(torch.minimum(torch.maximum(monotone[-1], start[:, t]), monotone[-1] + S - 1))
+    return torch.minimum(torch.stack(monotone, dim=1)[..., None] + torch.arange(S), u_len[:, None, None])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ranges_equal_the_frame_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    B, T = 5, int(torch.randint(1, 60, (1,), generator=g))
+    left, right = int(torch.randint(0, 4, (1,), generator=g)), int(torch.randint(1, 5, (1,), generator=g))
+    S = max(left + right, 2)
+    right = S - left
+    t_len = torch.randint(1, T + 1, (B,), generator=g)
+    t_len[0] = T
+    reach = (t_len - 1) * (S - 1) + S - 1
+    u_len = (torch.rand(B, generator=g) * (reach + 1)).long().clamp(max=reach)
+    # Bursty weights (long silences, then several labels in a frame) make the step limit bind.
+    alpha = torch.rand(B, T, generator=g) ** 4 * torch.randint(0, 3 * S, (B, T), generator=g)
+    alpha = alpha * (u_len / alpha.sum(1).clamp(min=1e-6))[:, None]
+    ranges = bat_ranges(alpha, t_len, u_len, left, right)
+    assert torch.equal(ranges, looped_bat_ranges(alpha, t_len, u_len, left, right))
+    check_window_invariants(ranges, t_len, u_len, S)
+
+
+@pytest.mark.parametrize("alpha_value", [0.0, 1.0, 50.0])
+def test_ranges_equal_the_frame_loop_at_the_edges(alpha_value):
+    t_len = torch.tensor([1, 2, 9, 9, 9])
+    u_len = torch.tensor([1, 8, 0, 72, 30])  # one frame; two frames, window ends at U; no label; the most reachable
+    alpha = torch.full((5, 9), alpha_value)
+    assert torch.equal(bat_ranges(alpha, t_len, u_len, 3, 6), looped_bat_ranges(alpha, t_len, u_len, 3, 6))
+
+
+def test_ranges_read_no_value_on_the_host():
+    """On the meta device any read of a value (.item(), .tolist(), nonzero) raises: none is left."""
+    alpha = torch.rand(3, 50, device="meta")
+    lengths = [torch.tensor(x, device="meta") for x in ([50, 40, 30], [10, 5, 0])]
+    assert bat_ranges(alpha, *lengths, 3, 5).shape == (3, 50, 8)
+
+
+def test_value_checks_run_on_request_only_off_the_cpu(monkeypatch):
+    from espnet_rwkv.ops.checks import CHECK_VALUES_ENV, check_values
+
+    monkeypatch.delenv(CHECK_VALUES_ENV, raising=False)
+    assert check_values(torch.zeros(1)) and not check_values(torch.zeros(1, device="meta"))
+    monkeypatch.setenv(CHECK_VALUES_ENV, "1")
+    assert check_values(torch.zeros(1, device="meta"))
+
+
 def test_cif_is_causal_and_masks_padding():
     cif = CifPredictor(6, kernel_size=3)
     x = torch.randn(2, 10, 6)

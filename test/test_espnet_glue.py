@@ -278,3 +278,16 @@ def test_launcher_usage_errors():
         [sys.executable, "-m", "espnet_rwkv.launch", "-m", "no.such.module"], capture_output=True, text=True
     )
     assert out.returncode != 0 and "no module named 'no.such.module'" in out.stderr
+
+
+def test_transducer_io_equals_espnet_without_host_reads():
+    from espnet2.asr_transducer.utils import get_transducer_task_io
+
+    from espnet_rwkv.asr.model import transducer_io
+
+    text = torch.tensor([[4, 2, 7], [3, -1, -1], [-1, -1, -1]])
+    text_lengths, enc_len = torch.tensor([3, 1, 0]), torch.tensor([9, 5, 4])
+    for ours, espnet in zip(transducer_io(text, text_lengths, enc_len), get_transducer_task_io(text, enc_len)):
+        assert ours.dtype == espnet.dtype and torch.equal(ours, espnet)
+    on_meta = transducer_io(*(x.to("meta") for x in (text, text_lengths, enc_len)))
+    assert [x.shape for x in on_meta] == [(3, 4), (3, 3), (3,), (3,)]

@@ -222,3 +222,13 @@ def test_equals_fast_rnnt_on_the_same_windows():
     (g_ours,) = torch.autograd.grad(ours.sum(), logits)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-4)
     assert ((g_ours - g_ref).norm() / g_ref.norm()) < 1e-5
+
+
+def test_reads_no_value_on_the_host_off_the_cpu():
+    """On the meta device any read of a value (.item(), .tolist(), .cpu()) raises: the wrapper has none."""
+    logits = torch.randn(2, 6, 3, 5, device="meta", requires_grad=True)
+    targets = torch.randint(1, 5, (2, 4), device="meta")
+    ranges = torch.zeros(2, 6, 3, dtype=torch.int64, device="meta")
+    lengths = torch.tensor([6, 4], device="meta"), torch.tensor([4, 2], device="meta")
+    pruned_rnnt_loss(logits, targets, ranges, *lengths).backward()
+    assert logits.grad.shape == logits.shape

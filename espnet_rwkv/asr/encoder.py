@@ -9,6 +9,8 @@ adds ``block_type: rwkv`` bodies:
       body_conf:
       - {block_type: rwkv, hidden_size: 256, linear_size: 1024, num_blocks: 12, dropout_rate: 0.1}
 
+(``compile: true`` in the block compiles each block with ``torch.compile``.)
+
 ``build_encoder`` returns ESPnet's own ``Encoder`` for every other body, so
 built-in configs build exactly as without the plugin.
 """
@@ -60,9 +62,12 @@ class RWKVEncoder(Encoder):
     @typechecked
     def __init__(self, input_size: int, body_conf: List[Dict[str, Any]], input_conf: Dict[str, Any] = {}):
         torch.nn.Module.__init__(self)
-        hidden, linear, dropout, num_blocks = check_body(body_conf)
+        hidden, linear, dropout, compile_blocks, num_blocks = check_body(body_conf)
         self.embed = build_input_block(input_size, input_block_conf(input_conf, hidden))
         self.blocks = torch.nn.ModuleList(RWKVBlock(hidden, linear, i, num_blocks, dropout) for i in range(num_blocks))
+        if compile_blocks:
+            for block in self.blocks:
+                block.compile(fullgraph=True)  # in place: parameter names and checkpoints unchanged
         self.after_norm = torch.nn.LayerNorm(hidden)
         self.input_size = input_size
         # Input frames that each subsampled frame reads; what streaming must wait for.

@@ -5,12 +5,15 @@ encoder does not take, and ESPnet's ConvInput configuration for what it does.
 
 from typing import Any, Dict, List, Tuple
 
-BLOCK_OPTIONS = {"block_type", "hidden_size", "linear_size", "num_blocks", "dropout_rate"}
+BLOCK_OPTIONS = {"block_type", "hidden_size", "linear_size", "num_blocks", "dropout_rate", "compile"}
 INPUT_OPTIONS = {"vgg_like", "subsampling_factor", "conv_size"}
 
 
-def check_body(body_conf: List[Dict[str, Any]]) -> Tuple[int, int, float, int]:
-    """Validate rwkv body blocks -> (hidden_size, linear_size, dropout_rate, total blocks)."""
+def check_body(body_conf: List[Dict[str, Any]]) -> Tuple[int, int, float, bool, int]:
+    """Validate rwkv body blocks -> (hidden_size, linear_size, dropout_rate, compile, total blocks).
+
+    ``compile: true`` runs each block through ``torch.compile(fullgraph=True)`` in training.
+    """
     sizes = set()
     total = 0
     for i, block in enumerate(body_conf, start=1):
@@ -31,18 +34,23 @@ def check_body(body_conf: List[Dict[str, Any]]) -> Tuple[int, int, float, int]:
             raise ValueError(
                 f"encoder_conf.body_conf block {i} (rwkv): dropout_rate must be in [0, 1), got {dropout!r}"
             )
-        sizes.add((hidden, linear, dropout))
+        compile_block = block.get("compile", False)
+        if not isinstance(compile_block, bool):
+            raise ValueError(
+                f"encoder_conf.body_conf block {i} (rwkv): compile must be true or false, got {compile_block!r}"
+            )
+        sizes.add((hidden, linear, dropout, compile_block))
         num = block.get("num_blocks", 1)
         if not isinstance(num, int) or num < 1:
             raise ValueError(f"encoder_conf.body_conf block {i} (rwkv): num_blocks must be a positive int, got {num!r}")
         total += num
     if len(sizes) != 1:
         raise ValueError(
-            "encoder_conf.body_conf: all rwkv blocks must share hidden_size, linear_size and "
-            f"dropout_rate, got {sorted(sizes)}"
+            "encoder_conf.body_conf: all rwkv blocks must share hidden_size, linear_size, "
+            f"dropout_rate and compile, got {sorted(sizes)}"
         )
-    hidden, linear, dropout = sizes.pop()
-    return hidden, linear, dropout, total
+    hidden, linear, dropout, compile_blocks = sizes.pop()
+    return hidden, linear, dropout, compile_blocks, total
 
 
 def input_block_conf(input_conf: Dict[str, Any], hidden_size: int) -> Dict[str, Any]:

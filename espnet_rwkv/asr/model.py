@@ -15,13 +15,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torchaudio
 from espnet2.asr_transducer.espnet_transducer_model import ESPnetASRTransducerModel
-from espnet2.asr_transducer.utils import get_transducer_task_io
 from espnet2.torch_utils.device_funcs import force_gatherable
 from torch.amp import autocast
 from typeguard import typechecked
 
 from espnet_rwkv.asr.bat_loss import BATLoss
 from espnet_rwkv.asr.encoder import min_input_frames
+from espnet_rwkv.ops.checks import check_values
 
 TRANSDUCER_LOSSES = ("rnnt", "bat", "espnet")
 
@@ -108,7 +108,7 @@ class TransducerModel(ESPnetASRTransducerModel):
     def _forward(self, speech, speech_lengths, text, text_lengths, utt_ids):
         text = text[:, : text_lengths.max()]
         encoder_out, encoder_out_lens = self.encode(speech, speech_lengths)
-        decoder_in, target, t_len, u_len = get_transducer_task_io(text, encoder_out_lens, ignore_id=self.ignore_id)
+        decoder_in, target, t_len, u_len = transducer_io(text, text_lengths, encoder_out_lens)
         self.decoder.set_device(encoder_out.device)
         decoder_out = self.decoder(decoder_in)
 
@@ -134,7 +134,7 @@ class TransducerModel(ESPnetASRTransducerModel):
                     joint_out.float(), target, t_len, u_len, blank=0, reduction="mean"
                 )
             stats["loss_transducer"] = loss_trans.detach()
-        if not torch.isfinite(loss_trans):
+        if check_values(loss_trans) and not torch.isfinite(loss_trans):
             # ESPnet's trainer skips the update when the gradient is not finite; say which batch.
             logging.warning(f"transducer loss is {loss_trans.item()} for utterances {utt_ids}")
 
@@ -235,6 +235,26 @@ class TransducerModel(ESPnetASRTransducerModel):
                 f"{len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:5]}"
             )
         return result
+
+
+def transducer_io(
+    text: torch.Tensor, text_lengths: torch.Tensor, encoder_out_lens: torch.Tensor, blank_id: int = 0
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ESPnet's ``get_transducer_task_io`` for right-padded labels, in a few tensor ops.
+
+    ESPnet's loops over the utterances and reads every length on the host (a sync per
+    utterance on CUDA); here the padding (``text_lengths`` onwards) becomes blank.
+
+    Args:
+        text: (B, L) labels, padded with anything past ``text_lengths``.
+        text_lengths: (B,); encoder_out_lens: (B,).
+    Returns:
+        decoder_in (B, L + 1) blank-prefixed labels, target (B, L) int32, t_len and u_len (B,) int32.
+    """
+    padding = torch.arange(text.size(1), device=text.device)[None, :] >= text_lengths[:, None]
+    labels = text.masked_fill(padding, blank_id)
+    decoder_in = torch.cat([labels.new_full((text.size(0), 1), blank_id), labels], dim=1)
+    return decoder_in, labels.int(), encoder_out_lens.int(), text_lengths.int()
 
 
 def _constructor_signature() -> inspect.Signature:

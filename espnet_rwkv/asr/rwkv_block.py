@@ -59,11 +59,17 @@ class TimeMix(nn.Module):
         nn.init.zeros_(self.output.weight)  # each block starts as identity on the residual path
 
     def forward(self, x: torch.Tensor, x_prev: torch.Tensor, wkv_state: torch.Tensor):
-        """x (B, T, C); x_prev (B, C); wkv_state (B, 3, C) -> out (B, T, C), new x_prev, new wkv_state."""
+        """x (B, T, C); x_prev (B, C); wkv_state (B, 3, C) -> out (B, T, C), new x_prev, new wkv_state.
+
+        The three token-shift mixes are one ``addcmul`` and k, v, r one ``bmm`` (fewer
+        kernels per step in eager mode; under ``torch.compile`` shift and mixes fuse).
+        """
+        B, T, C = x.shape
         shifted = _token_shift(x, x_prev)
-        k = self.key(torch.lerp(shifted, x, self.mix_k.to(x.dtype)))
-        v = self.value(torch.lerp(shifted, x, self.mix_v.to(x.dtype)))
-        r = self.receptance(torch.lerp(shifted, x, self.mix_r.to(x.dtype)))
+        mixes = torch.stack([self.mix_k, self.mix_v, self.mix_r]).to(x.dtype)[:, None, None, :]  # (3, 1, 1, C)
+        inputs = torch.addcmul(shifted, mixes, x - shifted).reshape(3, B * T, C)
+        weights = torch.stack([self.key.weight, self.value.weight, self.receptance.weight]).transpose(1, 2)
+        k, v, r = torch.bmm(inputs, weights).reshape(3, B, T, C)
         mixed, wkv_state = wkv(self.time_decay, self.time_first, k, v, wkv_state)
         return self.output(torch.sigmoid(r) * mixed), x[:, -1].float(), wkv_state
 
@@ -85,9 +91,10 @@ class ChannelMix(nn.Module):
     def forward(self, x: torch.Tensor, x_prev: torch.Tensor):
         """x (B, T, C); x_prev (B, C) -> out (B, T, C), new x_prev."""
         shifted = _token_shift(x, x_prev)
-        k = torch.relu(self.key(torch.lerp(shifted, x, self.mix_k.to(x.dtype)))) ** 2
-        r = torch.sigmoid(self.receptance(torch.lerp(shifted, x, self.mix_r.to(x.dtype))))
-        return r * self.value(k), x[:, -1].float()
+        mixes = torch.stack([self.mix_k, self.mix_r]).to(x.dtype)[:, None, None, :]  # (2, 1, 1, C)
+        xk, xr = torch.addcmul(shifted, mixes, x - shifted)
+        k = torch.relu(self.key(xk)).square()
+        return torch.sigmoid(self.receptance(xr)) * self.value(k), x[:, -1].float()
 
 
 class RWKVBlock(nn.Module):

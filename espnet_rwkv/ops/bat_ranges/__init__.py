@@ -2,6 +2,8 @@
 
 import torch
 
+from espnet_rwkv.ops.checks import check_values
+
 
 def bat_ranges(
     cif_alpha: torch.Tensor,
@@ -22,16 +24,21 @@ def bat_ranges(
     past T_b are pinned to the last window. Slots past U_b (when U_b + 1 < S)
     hold U_b; the loss ignores them.
 
+    A fixed number of tensor ops whatever T, and no host sync on CUDA: the two
+    rules are a running maximum (never decrease) and, on top of it, a running
+    minimum of ``start_j + (t - j)(S - 1)`` (advance at most S - 1 per frame).
+
     Args:
-        cif_alpha: (B, T) CIF weights (their scale is what the caller trained;
-            BAT rescales them to sum to U_b).
+        cif_alpha: (B, T) CIF weights, >= 0 (their scale is what the caller
+            trained; BAT rescales them to sum to U_b).
         logit_lengths: (B,) frames T_b; target_lengths: (B,) labels U_b.
         left, right: labels before and after the peak; S = left + right >= 2.
     Returns:
         (B, T, S) int64 label indices, no gradient.
     Raises:
         ValueError: if some utterance has more labels than its frames can reach,
-            U_b > (T_b - 1) * (S - 1) + S - 1.
+            U_b > (T_b - 1) * (S - 1) + S - 1 (checked where ``ops.checks``
+            says values are checked: CPU tensors, or on request).
     """
     S = left + right
     if left < 0 or right < 1 or S < 2:
@@ -41,13 +48,8 @@ def bat_ranges(
     t_len = logit_lengths.to(device=device, dtype=torch.int64)
     u_len = target_lengths.to(device=device, dtype=torch.int64)
     last_start = (u_len - S + 1).clamp(min=0)  # (B,)
-    reachable = (t_len - 1) * (S - 1)
-    too_long = (last_start > reachable).nonzero().flatten().tolist()
-    if too_long:
-        raise ValueError(
-            f"bat_ranges: utterance(s) {too_long} have more labels ({u_len[too_long].tolist()}) than "
-            f"{t_len[too_long].tolist()} frames can reach with windows of {S}"
-        )
+    if check_values(t_len):
+        check_reachable(t_len, u_len, S)
 
     frames = torch.arange(T, device=device)
     valid = frames[None, :] < t_len[:, None]
@@ -59,10 +61,20 @@ def bat_ranges(
     highest = torch.minimum(frames[None, :] * (S - 1), last_start[:, None])
     start = torch.maximum(torch.minimum(proposal, highest), lowest)
     start = torch.where(valid, start, last_start[:, None])
-    monotone = [start[:, 0]]
-    for t in range(1, T):
-        step = torch.maximum(monotone[-1], start[:, t])
-        monotone.append(torch.minimum(step, monotone[-1] + S - 1))
-    start = torch.stack(monotone, dim=1)
+    rising = start.cummax(dim=1).values
+    # start_t = min_{j <= t} (rising_j + (t - j)(S - 1)): the closest to rising that moves <= S - 1 a frame.
+    step = frames * (S - 1)
+    start = (rising - step).cummin(dim=1).values + step
     slots = torch.arange(S, device=device)
     return torch.minimum(start[..., None] + slots, u_len[:, None, None])
+
+
+def check_reachable(logit_lengths: torch.Tensor, target_lengths: torch.Tensor, S: int) -> None:
+    """Raise ValueError for utterances whose U_b labels T_b frames with windows of S cannot reach."""
+    last_start = (target_lengths - S + 1).clamp(min=0)
+    too_long = (last_start > (logit_lengths - 1) * (S - 1)).nonzero().flatten().tolist()
+    if too_long:
+        raise ValueError(
+            f"bat_ranges: utterance(s) {too_long} have more labels ({target_lengths[too_long].tolist()}) than "
+            f"{logit_lengths[too_long].tolist()} frames can reach with windows of {S}"
+        )

@@ -11,6 +11,7 @@ tests' reference is torchaudio's full ``rnnt_loss``.
 import torch
 
 from espnet_rwkv.ops import extension
+from espnet_rwkv.ops.checks import check_values
 from espnet_rwkv.ops.pruned_rnnt.autograd import BlankAndLabelLogProbs, LatticeLoss
 from espnet_rwkv.ops.pruned_rnnt.library import lattice_loss_kernel
 
@@ -56,11 +57,17 @@ def pruned_rnnt_loss(
         The loss, float32 (float64 for float64 logits). An utterance whose windows admit no path (the window
         misses u = 0 at t = 0 or U_b at the last frame) has loss +inf and zero
         gradient; ``bat_ranges`` never produces such windows.
+    Raises:
+        ValueError, TypeError: for inputs of the wrong shape, dtype or device, and (where
+            ``ops.checks`` says values are checked: CPU tensors, or on request) lengths out
+            of range or malformed windows.
     """
     B, T, S, V = _check_inputs(logits, targets, ranges, logit_lengths, target_lengths, blank, reduction)
     device = logits.device
     logit_lengths = logit_lengths.to(device=device, dtype=torch.int64)
     target_lengths = target_lengths.to(device=device, dtype=torch.int64)
+    if check_values(logits):
+        _check_values(ranges, logit_lengths, target_lengths, T, targets.size(1))
     if backend not in _BACKENDS:
         raise ValueError(f"pruned_rnnt_loss: backend must be one of {_BACKENDS}, got {backend!r}")
     if backend in ("cpu", "cuda"):
@@ -126,18 +133,21 @@ def _check_inputs(logits, targets, ranges, logit_lengths, target_lengths, blank,
         raise ValueError(f"pruned_rnnt_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if B == 0:
         raise ValueError("pruned_rnnt_loss: empty batch")
-    t_len, u_len = logit_lengths.cpu(), target_lengths.cpu()
-    if t_len.min() < 1 or t_len.max() > T:
-        raise ValueError(f"pruned_rnnt_loss: logit_lengths must be in [1, {T}], got {t_len.tolist()}")
-    if u_len.min() < 0 or u_len.max() > targets.size(1):
-        raise ValueError(f"pruned_rnnt_loss: target_lengths must be in [0, {targets.size(1)}], got {u_len.tolist()}")
+    return B, T, S, V
+
+
+def _check_values(ranges, logit_lengths, target_lengths, T, U):
+    """The checks that read the tensors (ops.checks): lengths in range, windows well formed."""
+    if logit_lengths.min() < 1 or logit_lengths.max() > T:
+        raise ValueError(f"pruned_rnnt_loss: logit_lengths must be in [1, {T}], got {logit_lengths.tolist()}")
+    if target_lengths.min() < 0 or target_lengths.max() > U:
+        raise ValueError(f"pruned_rnnt_loss: target_lengths must be in [0, {U}], got {target_lengths.tolist()}")
     start = ranges[..., :1]
-    expected = start + torch.arange(S, device=ranges.device)
-    past_end = expected > target_lengths.to(ranges.device)[:, None, None]
-    consecutive = (ranges == expected) | (past_end & (ranges == target_lengths.to(ranges.device)[:, None, None]))
+    expected = start + torch.arange(ranges.size(-1), device=ranges.device)
+    u_len = target_lengths[:, None, None]
+    consecutive = (ranges == expected) | ((expected > u_len) & (ranges == u_len))
     if not consecutive.all() or (start < 0).any() or (start.diff(dim=1) < 0).any():
         raise ValueError(
             "pruned_rnnt_loss: ranges must be windows of consecutive labels from ranges[b, t, 0] "
             "(slots past U_b may hold U_b), with non-negative starts non-decreasing in t"
         )
-    return B, T, S, V
