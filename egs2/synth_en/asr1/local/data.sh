@@ -13,3 +13,8 @@ if [ -x utils/validate_data_dir.sh ]; then
         utils/validate_data_dir.sh --no-feats data/${split}
     done
 fi
+# The plugin's own check of what was written: readable, finite, in-range audio long enough for the
+# models' subsampling (0.1 s), and a transcript for every utterance; bad ones are named.
+for split in train dev test; do
+    python3 -m espnet_rwkv.data_check "data/${split}" --min_seconds 0.1
+done
