@@ -92,7 +92,8 @@ run_system() {
                 --inference_config "conf/decode_${decode}.yaml" --inference_tag "decode_${decode}"
         fi
     done
-    ms=${onnx_chunk_ms[${system}]:-}
+    ms=""
+    declare -p onnx_chunk_ms >/dev/null 2>&1 && ms=${onnx_chunk_ms[${system}]:-}
     if [ -n "${ms}" ] && span 12 13; then
         onnx_dir=${exp}/onnx_${ms}ms
         python3 -m espnet_rwkv.export_onnx --model "${exp}" --output_dir "${onnx_dir}" --chunk_ms "${ms}"
