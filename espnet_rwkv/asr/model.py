@@ -106,7 +106,6 @@ class TransducerModel(ESPnetASRTransducerModel):
             return self._forward(speech, speech_lengths, text, text_lengths, kwargs.get("utt_id"))
 
     def _forward(self, speech, speech_lengths, text, text_lengths, utt_ids):
-        text = text[:, : text_lengths.max()]
         encoder_out, encoder_out_lens = self.encode(speech, speech_lengths)
         decoder_in, target, t_len, u_len = transducer_io(text, text_lengths, encoder_out_lens)
         self.decoder.set_device(encoder_out.device)
