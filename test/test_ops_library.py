@@ -12,6 +12,7 @@ from conftest import rel_error as _rel
 
 from espnet_rwkv.ops import extension, pruned_rnnt_loss, wkv
 from espnet_rwkv.ops.pruned_rnnt.library import lattice_loss_kernel
+from espnet_rwkv.ops.wkv.chunk import wkv_chunk, wkv_chunk_masks
 from espnet_rwkv.ops.wkv.reference import wkv_reference
 
 
@@ -163,6 +164,22 @@ def test_non_finite_frame_affects_no_earlier_output(device, backend, name, bad):
     y_ref, _ = wkv_reference(td.cpu(), tf.cpu(), k[:, :bad_frame].cpu(), v[:, :bad_frame].cpu(), state.cpu())
     assert torch.isfinite(y[:, :bad_frame]).all()
     assert _rel(y[:, :bad_frame], y_ref) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["k", "v"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_frame_affects_no_earlier_output_when_streaming(name, bad):
+    """Before: the streaming form (one masked weighting a chunk) gave later frames a weight of e^-80, not 0."""
+    td, tf, k, v = wkv_inputs(1, 8, 6)
+    state = _state(1, 6)
+    bad_frame = 5
+    inputs = {"k": k[0].clone(), "v": v[0].clone()}
+    inputs[name][bad_frame, 2] = bad
+    masks = wkv_chunk_masks(-torch.exp(td), tf, 8)
+    y, _ = wkv_chunk(inputs["k"], inputs["v"], state[0], *masks)
+    y_ref, _ = wkv_reference(td, tf, k[:, :bad_frame], v[:, :bad_frame], state)
+    assert torch.isfinite(y[:bad_frame]).all()
+    assert _rel(y[None, :bad_frame], y_ref) < 1e-5
 
 
 def test_cuda_backend_with_cpu_tensors_is_an_immediate_value_error(monkeypatch):

@@ -49,15 +49,18 @@ def wkv_chunk(
         y (T, C) and the state after the chunk (3, C).
     """
     a, b, p = state
-    e_frames = k + frames  # (T+1, T, C)
+    # Later frames (frames == EMPTY_P) are selected away, not weighted by ~0: a NaN or inf
+    # there must not reach an earlier output (0 * NaN is NaN).
+    later = frames == EMPTY_P  # (T+1, T, C)
+    e_frames = (k + frames).masked_fill_(later, EMPTY_P)  # (T+1, T, C)
     e_state = p + carried  # (T+1, C)
     q = torch.maximum(e_frames.amax(dim=1), e_state)
-    # Relative weights below e^-80 (masked sources, long-decayed ones) are floored there: on
-    # CPUs exp is ~20x slower for results that underflow float32, and 1.8e-35 next to a
-    # weight of 1 changes nothing in float32.
-    weight = torch.exp((e_frames - q[:, None]).clamp_min_(_EXP_FLOOR))
+    # Relative weights below e^-80 (long-decayed sources) are floored there: on CPUs exp is
+    # ~20x slower for results that underflow float32, and 1.8e-35 next to a weight of 1
+    # changes nothing in float32.
+    weight = torch.exp((e_frames - q[:, None]).clamp_min_(_EXP_FLOOR)).masked_fill_(later, 0.0)
     weight_state = torch.exp((e_state - q).clamp_min_(_EXP_FLOOR))
-    num = torch.addcmul((weight * v).sum(dim=1), weight_state, a)
+    num = torch.addcmul((weight * v).masked_fill_(later, 0.0).sum(dim=1), weight_state, a)
     den = torch.addcmul(weight.sum(dim=1), weight_state, b)
     T = k.size(0)
     return num[:T] / den[:T], torch.stack([num[T], den[T], q[T]])
