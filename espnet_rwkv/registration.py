@@ -11,7 +11,10 @@ rebind those two names, nothing else, and edit no installed file:
   checkpoint loading.
 
 and add one choice, ``frontend: kaldi_fbank`` (``KaldiFbank``, the features
-sherpa-onnx computes), to the task's ``frontend_choices``.
+sherpa-onnx computes), to the task's ``frontend_choices``. For collect_stats
+(asr.sh stage 10), which hands the model batches without their utterance ids,
+``abs_task.collect_stats`` is wrapped so that an utterance the model refuses is
+named by its id (``_collect_stats_naming_utterances``).
 
 Every ESPnet entry point that builds a transducer model (training, collect
 stats, inference, packing, ``Speech2Text.from_pretrained``) goes through
@@ -20,6 +23,7 @@ stats, inference, packing, ``Speech2Text.from_pretrained``) goes through
 """
 
 import contextlib
+import functools
 import importlib
 import importlib.metadata
 import io
@@ -58,10 +62,44 @@ def _import_without_flash_attn_notice() -> None:
             print(line, file=sys.stderr)
 
 
+class _KeyedBatches:
+    """ESPnet's (keys, batch) iterator, remembering the keys of the batch in flight in ``current``."""
+
+    def __init__(self, batches, current: dict):
+        self.batches, self.current = batches, current
+
+    def __len__(self):  # collect_stats sizes its log interval by it, where the iterator has one
+        return len(self.batches)
+
+    def __iter__(self):
+        for keys, batch in self.batches:
+            self.current["keys"] = keys
+            yield keys, batch
+
+
+def _collect_stats_naming_utterances(collect_stats):
+    """ESPnet's ``collect_stats``, re-raising ``BadUtteranceError`` with the utterance ids of the batch."""
+    from espnet_rwkv.asr.model import BadUtteranceError
+
+    @functools.wraps(collect_stats)
+    def wrapper(*, train_iter, valid_iter, **kwargs):
+        current = {}
+        try:
+            collect_stats(
+                train_iter=_KeyedBatches(train_iter, current), valid_iter=_KeyedBatches(valid_iter, current), **kwargs
+            )
+        except BadUtteranceError as e:
+            raise BadUtteranceError(e.rows, e.problem, current["keys"]) from None
+
+    wrapper.names_utterances = True
+    return wrapper
+
+
 def register() -> None:
     """Rebind ESPnet's transducer task to the plugin's builders (idempotent)."""
     check_espnet_version()
     _import_without_flash_attn_notice()
+    import espnet2.tasks.abs_task as abs_task
     import espnet2.tasks.asr_transducer as transducer_task
 
     from espnet_rwkv.asr.encoder import build_encoder
@@ -71,3 +109,5 @@ def register() -> None:
     transducer_task.Encoder = build_encoder
     transducer_task.ESPnetASRTransducerModel = TransducerModel
     transducer_task.frontend_choices.classes["kaldi_fbank"] = KaldiFbank
+    if not getattr(abs_task.collect_stats, "names_utterances", False):
+        abs_task.collect_stats = _collect_stats_naming_utterances(abs_task.collect_stats)

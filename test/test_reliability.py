@@ -89,6 +89,19 @@ def test_recognizer_refuses_non_finite_features_instead_of_hanging(rwkv_exp):
         recognizer.accept(audio)
 
 
+def test_espnet_decoding_refuses_non_finite_features_instead_of_hanging(rwkv_exp):
+    """asr.sh's decoding: ESPnet's Speech2Text, full utterance and its own streaming windows."""
+    s2t = load_speech2text(rwkv_exp, 320, model_file=rwkv_exp / "model.pth", beam_size=2)
+    audio = speech_like(1.0)
+    audio[8000:] *= 1e20  # from 0.5 s on: features of frame ~48 on are infinite
+    with pytest.raises(ValueError, match=r"NaN or infinite features from feature frame 4\d on"):
+        s2t(audio)
+    step = s2t.audio_processor.decoding_samples
+    with pytest.raises(ValueError, match=r"NaN or infinite features from feature frame 4\d on"):
+        for i in range(0, audio.numel(), step):
+            s2t.streaming_decode(audio[i : i + step], is_final=False)
+
+
 # 2. One NaN sample ruined a run silently: collect_stats and training now name the utterance.
 
 
@@ -100,6 +113,26 @@ def test_non_finite_features_name_the_utterance():
         model(speech, lengths, text, text_lengths, utt_id=IDS)
     with pytest.raises(ValueError, match=r"\['spk1-b'\] have NaN or infinite features"):
         model.collect_feats(speech, lengths, text, text_lengths, utt_id=IDS)
+
+
+def test_collect_stats_names_the_utterance(tmp_path):
+    """asr.sh stage 10: ESPnet's collect_stats gives the model no ids; the error still names the utterance."""
+    from espnet2.tasks import abs_task
+
+    model = build("tiny_rwkv.yaml")
+    speech, lengths, text, text_lengths = batch()
+    speech[2, 10] = float("inf")
+    batches = [(IDS, dict(speech=speech, speech_lengths=lengths, text=text, text_lengths=text_lengths))]
+    with pytest.raises(ValueError, match=r"\['spk2-c'\] have NaN or infinite features"):
+        abs_task.collect_stats(
+            model=model,
+            train_iter=batches,
+            valid_iter=[],
+            output_dir=tmp_path,
+            ngpu=0,
+            log_interval=None,
+            write_collected_feats=False,
+        )
 
 
 # 3. Tracebacks in the CLI, and later files never decoded.

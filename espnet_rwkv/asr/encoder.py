@@ -96,6 +96,8 @@ class RWKVEncoder(Encoder):
         padded batch.
         """
         self._check_frames(x.size(1))
+        if not self.training:  # inference: a NaN reaching a beam search would never let it end
+            _check_finite_features(x, 0)
         x, mask = self.embed(x, make_source_mask(x_len))
         states = states or [None] * len(self.blocks)
         new_states = []
@@ -202,6 +204,7 @@ class RWKVEncoder(Encoder):
         cache = self._stream_cache()
         overlap = min(2 * self.embed.subsampling_factor + 3, cache.espnet_window)
         cache.espnet_window = x.size(1)
+        _check_finite_features(x[:, overlap:], cache.frames_in)
         return self.stream_forward(x[:, overlap:], is_final=False)
 
     def streaming_state_nbytes(self) -> int:
@@ -214,6 +217,17 @@ class RWKVEncoder(Encoder):
         if cache is None:
             raise RuntimeError("RWKVEncoder: call reset_cache(left_context, device) before streaming")
         return cache
+
+
+def _check_finite_features(x: torch.Tensor, first_frame: int) -> None:
+    """Refuse NaN or infinite features (B, T, F), ``first_frame`` the stream index of frame 0."""
+    bad = ~torch.isfinite(x).all(dim=-1)  # (B, T)
+    if bad.any():
+        frame = first_frame + int(bad.any(dim=0).int().argmax())
+        raise ValueError(
+            f"NaN or infinite features from feature frame {frame} on (samples far outside [-1, 1]?): "
+            "no decoding can be trusted from there"
+        )
 
 
 def min_input_frames(embed: torch.nn.Module) -> int:
