@@ -10,8 +10,10 @@ rebind those two names, nothing else, and edit no installed file:
   selectable transducer loss (``model_conf.transducer_loss``) and strict
   checkpoint loading.
 
-and add one choice, ``frontend: kaldi_fbank`` (``KaldiFbank``, the features
-sherpa-onnx computes), to the task's ``frontend_choices``. For collect_stats
+and add two choices: ``frontend: kaldi_fbank`` (``KaldiFbank``, the features
+sherpa-onnx computes) to the task's ``frontend_choices``, and ``decoder:
+stateless_context`` (``ContextDecoder``, a stateless prediction network over
+the last labels, which sherpa-onnx also runs) to its ``decoder_choices``. For collect_stats
 (asr.sh stage 10), which hands the model batches without their utterance ids,
 ``abs_task.collect_stats`` is wrapped so that an utterance the model refuses is
 named by its id (``_collect_stats_naming_utterances``).
@@ -102,6 +104,7 @@ def register() -> None:
     import espnet2.tasks.abs_task as abs_task
     import espnet2.tasks.asr_transducer as transducer_task
 
+    from espnet_rwkv.asr.context_decoder import ContextDecoder
     from espnet_rwkv.asr.encoder import build_encoder
     from espnet_rwkv.asr.kaldi_fbank import KaldiFbank
     from espnet_rwkv.asr.model import TransducerModel
@@ -109,5 +112,6 @@ def register() -> None:
     transducer_task.Encoder = build_encoder
     transducer_task.ESPnetASRTransducerModel = TransducerModel
     transducer_task.frontend_choices.classes["kaldi_fbank"] = KaldiFbank
+    transducer_task.decoder_choices.classes["stateless_context"] = ContextDecoder
     if not getattr(abs_task.collect_stats, "names_utterances", False):
         abs_task.collect_stats = _collect_stats_naming_utterances(abs_task.collect_stats)

@@ -25,7 +25,8 @@ and reads ``num_encoder_layers``, ``T``, ``decode_chunk_len``, ``d_model``,
   ``decode_chunk_len / subsampling`` full-utterance encoder frames of its first
   ``decode_chunk_len`` frames (the subsampling must read no frame before its
   own: ``vgg_like: false``);
-- the decoder graph is ESPnet's stateless decoder (embedding of the last label)
+- the decoder graph is the stateless decoder (ESPnet's ``stateless``: the last
+  label; the plugin's ``stateless_context``: the last ``context_size`` labels)
   with the joint network's decoder projection; the joiner adds, applies the
   joint activation and the output layer.
 """
@@ -40,6 +41,7 @@ from espnet2.asr_transducer.decoder.stateless_decoder import StatelessDecoder
 from espnet2.layers.global_mvn import GlobalMVN
 
 import espnet_rwkv.espnet  # registers the plugin: the model loads through ESPnet
+from espnet_rwkv.asr.context_decoder import ContextDecoder
 from espnet_rwkv.asr.encoder import RWKVEncoder
 from espnet_rwkv.asr.kaldi_fbank import KaldiFbank
 from espnet_rwkv.asr.rwkv_block import RWKVBlock
@@ -123,10 +125,10 @@ def check_exportable(model: torch.nn.Module) -> None:
             "encoder_conf.input_conf.vgg_like: true pads the subsampling on the left, so a window of sherpa-onnx "
             "cannot give the full-utterance frames; use `vgg_like: false`"
         )
-    if not isinstance(model.decoder, StatelessDecoder):
+    if not isinstance(model.decoder, (StatelessDecoder, ContextDecoder)):
         raise NotExportableError(
             f"decoder: {type(model.decoder).__name__} keeps a recurrent state that sherpa-onnx's transducer "
-            "decoder interface (the last context_size labels) cannot carry; use `decoder: stateless`"
+            "decoder interface (the last context_size labels) cannot carry; use `decoder: stateless_context`"
         )
 
 
@@ -252,16 +254,23 @@ class EncoderGraph(torch.nn.Module):
         return self.projection(self.after_norm(out)), torch.stack(next_h), torch.stack(next_c)
 
 
+def context_size(decoder: torch.nn.Module) -> int:
+    """Labels the stateless decoder reads (sherpa-onnx's ``context_size``)."""
+    return decoder.context_size if isinstance(decoder, ContextDecoder) else 1
+
+
 class DecoderGraph(torch.nn.Module):
-    """sherpa-onnx's decoder: y (N, 1) int64 -> decoder_out (N, J)."""
+    """sherpa-onnx's decoder: y (N, context_size) int64 -> decoder_out (N, J)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.embed = model.decoder.embed
+        self.decoder = model.decoder
         self.projection = model.joint_network.lin_dec
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.embed(y[:, -1]))
+        # sherpa-onnx starts a stream from the context [-1, ..., -1, blank]: -1 is "no label", which the
+        # decoder reads as blank (both have the zero embedding).
+        return self.projection(self.decoder(y.clamp(min=0))[:, -1])
 
 
 class JoinerGraph(torch.nn.Module):
@@ -362,7 +371,7 @@ def export_model(
         )
         _export(
             DecoderGraph(model).eval(),
-            (torch.zeros(1, 1, dtype=torch.int64),),
+            (torch.zeros(1, context_size(model.decoder), dtype=torch.int64),),
             paths["decoder.onnx"],
             ["y"],
             ["decoder_out"],
@@ -391,7 +400,7 @@ def export_model(
             "state_layout": "h: time-mix shift; c: wkv a, b, p, channel-mix shift",
             **common,
         },
-        "decoder.onnx": {"vocab_size": vocab, "context_size": 1, **common},
+        "decoder.onnx": {"vocab_size": vocab, "context_size": context_size(model.decoder), **common},
         "joiner.onnx": {"joiner_dim": joint_dim, **common},
     }
     for name, meta in metadata.items():
