@@ -141,7 +141,8 @@ def synthesize(item: Utterance, wav_dir: Path) -> Path:
             stretch = rng.uniform(0.85, 1.15) if augment else 1.0
             cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={stretch:.3f}", "-t", text.lower(), "-o", raw]
         subprocess.run(cmd, check=True, capture_output=True)
-        effects = []
+        # The synthesizers end with up to half a second of silence: keep 0.1 s of it.
+        effects = ["reverse", "silence", "1", "0.01", "0.1%", "reverse", "pad", "0", "0.1"]
         if augment:
             # Speed perturbation scales pitch and formants together, as a shorter or longer vocal tract
             # would; flite's three voices are also shifted in pitch alone, towards other speakers.
