@@ -120,6 +120,7 @@ def test_opcheck_pruned_rnnt_lattice():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_fullgraph_matches_eager(device):
+    assert extension.usable("pruned_rnnt", device)  # lattice_loss_kernel is the op itself: load its library
     td, tf, k, v = wkv_inputs(2, 30, 16, device=device)
     blank, emit, start, t_len, u_len = (x.to(device) for x in _lattice_inputs(torch.float32))
 

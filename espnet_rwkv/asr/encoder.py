@@ -21,12 +21,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from espnet2.asr_transducer.encoder.building import build_input_block
 from espnet2.asr_transducer.encoder.encoder import Encoder
-from espnet2.asr_transducer.utils import TooShortUttError, make_source_mask
+from espnet2.asr_transducer.utils import TooShortUttError
 from typeguard import typechecked
 
 from espnet_rwkv.asr.encoder_config import check_body, input_block_conf
 from espnet_rwkv.asr.receptive_field import receptive_field
 from espnet_rwkv.asr.rwkv_block import RWKVBlock, StreamingBlock, initial_block_state
+from espnet_rwkv.ops import extension
 
 BLOCK_TYPE = "rwkv"
 
@@ -65,6 +66,7 @@ class RWKVEncoder(Encoder):
         hidden, linear, dropout, compile_blocks, num_blocks = check_body(body_conf)
         self.embed = build_input_block(input_size, input_block_conf(input_conf, hidden))
         self.blocks = torch.nn.ModuleList(RWKVBlock(hidden, linear, i, num_blocks, dropout) for i in range(num_blocks))
+        self.compiled = compile_blocks
         if compile_blocks:
             for block in self.blocks:
                 block.compile(fullgraph=True)  # in place: parameter names and checkpoints unchanged
@@ -98,7 +100,11 @@ class RWKVEncoder(Encoder):
         self._check_frames(x.size(1))
         if not self.training:  # inference: a NaN reaching a beam search would never let it end
             _check_finite_features(x, 0)
-        x, mask = self.embed(x, make_source_mask(x_len))
+        # ESPnet's make_source_mask, sized by the padded input (its lengths.max() is a host sync on CUDA).
+        mask = torch.arange(x.size(1), device=x.device)[None, :] >= x_len[:, None]
+        x, mask = self.embed(x, mask)
+        if self.compiled:  # the kernels load (and build) here: a compiled graph cannot
+            extension.usable("wkv", x.device)
         states = states or [None] * len(self.blocks)
         new_states = []
         for block, state in zip(self.blocks, states):

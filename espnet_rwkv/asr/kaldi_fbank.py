@@ -174,7 +174,9 @@ class KaldiFbank(AbsFrontend):
         speech = input.float()
         lengths = input_lengths.to(speech.device)
         frames_out = self.num_frames(lengths)
-        T = int(frames_out.max()) if frames_out.numel() else 0
+        # Frames of the padded batch (the longest utterance's, as ESPnet pads): from the shape, not
+        # frames_out.max(), which is a host sync every step on CUDA.
+        T = int(self.num_frames(torch.tensor(speech.size(1))))
         B = speech.size(0)
         if T == 0:
             return speech.new_zeros(B, 0, self.num_mel_bins), frames_out

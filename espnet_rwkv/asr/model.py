@@ -96,11 +96,8 @@ class TransducerModel(ESPnetASRTransducerModel):
                 or (BAT) more labels than their frames can reach.
         """
         with _naming_utterances(kwargs.get("utt_id")):
-            empty = (text_lengths == 0).nonzero().flatten().tolist()
-            if empty:
-                raise BadUtteranceError(
-                    empty, "have an empty transcript; give them text or remove them from the data dir"
-                )
+            if check_values(text_lengths):
+                _check_transcripts(text_lengths)
             if self.transducer_loss == "espnet":
                 return super().forward(speech, speech_lengths, text, text_lengths, **kwargs)
             return self._forward(speech, speech_lengths, text, text_lengths, kwargs.get("utt_id"))
@@ -113,15 +110,8 @@ class TransducerModel(ESPnetASRTransducerModel):
 
         stats = {}
         if self.transducer_loss == "bat":
-            unreachable = self.bat.unreachable(t_len, u_len)
-            if unreachable:
-                raise BadUtteranceError(
-                    unreachable,
-                    f"have more labels ({u_len[unreachable].tolist()}) than BAT windows of "
-                    f"{self.bat.left + self.bat.right} labels can reach in their {t_len[unreachable].tolist()} "
-                    "encoder frames (at most frames * (window - 1)); remove them, or widen "
-                    "model_conf.bat_conf (left + right)",
-                )
+            if check_values(t_len):
+                self._check_reachable(t_len, u_len)
             bat = self.bat(encoder_out, decoder_out, target, t_len, u_len, self.joint_network)
             loss_trans = bat["loss"]
             # loss_quantity is the mean |sum alpha - U|: how far the CIF is from counting labels.
@@ -161,21 +151,36 @@ class TransducerModel(ESPnetASRTransducerModel):
     ) -> Dict[str, torch.Tensor]:
         """ESPnet's (collect_stats), refusing the features ``encode`` refuses."""
         with _naming_utterances(kwargs.get("utt_id")):
+            _check_transcripts(text_lengths)
             feats = super().collect_feats(speech, speech_lengths, text, text_lengths, **kwargs)
             if self.extract_feats_in_collect_stats:
                 self._check_features(feats["feats"], feats["feats_lengths"], speech_lengths)
+                if self.transducer_loss == "bat":
+                    self._check_reachable(self.encoder.embed.get_output_lengths(feats["feats_lengths"]), text_lengths)
         return feats
 
     def encode(self, speech: torch.Tensor, speech_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """ESPnet's: speech (B, S), lengths (B,) -> encoder output (B, T, D_enc), lengths (B,); checked features."""
         with autocast("cuda", enabled=False):
             feats, feats_lengths = self._extract_feats(speech, speech_lengths)
-            self._check_features(feats, feats_lengths, speech_lengths)
+            if check_values(feats):
+                self._check_features(feats, feats_lengths, speech_lengths)
             if self.specaug is not None and self.training:
                 feats, feats_lengths = self.specaug(feats, feats_lengths)
             if self.normalize is not None:
                 feats, feats_lengths = self.normalize(feats, feats_lengths)
         return self.encoder(feats, feats_lengths)
+
+    def _extract_feats(self, speech: torch.Tensor, speech_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """ESPnet's: speech (B, S), lengths (B,) -> features (B, T, F), lengths (B,).
+
+        Without ESPnet's ``speech[:, :speech_lengths.max()]``, a host sync every step on
+        CUDA: it only trims the padding DataParallel's split leaves, which the lengths
+        already mask (ESPnet's collate pads each batch to its longest utterance).
+        """
+        if self.frontend is None:
+            return speech, speech_lengths
+        return self.frontend(speech, speech_lengths)
 
     def _check_features(self, feats: torch.Tensor, feats_lengths: torch.Tensor, speech_lengths: torch.Tensor) -> None:
         """Refuse utterances the encoder cannot train on: features (B, T, F), lengths (B,) of speech lengths (B,).
@@ -201,6 +206,18 @@ class TransducerModel(ESPnetASRTransducerModel):
                 bad,
                 f"have NaN or infinite features (first at feature frame {first}); their audio has NaN, "
                 "infinite or huge samples (python -m espnet_rwkv.data_check finds them in a data dir)",
+            )
+
+    def _check_reachable(self, t_len: torch.Tensor, u_len: torch.Tensor) -> None:
+        """Refuse utterances (lengths (B,)) whose labels BAT's windows cannot all reach."""
+        unreachable = self.bat.unreachable(t_len, u_len)
+        if unreachable:
+            raise BadUtteranceError(
+                unreachable,
+                f"have more labels ({u_len[unreachable].tolist()}) than BAT windows of "
+                f"{self.bat.left + self.bat.right} labels can reach in their {t_len[unreachable].tolist()} "
+                "encoder frames (at most frames * (window - 1)); remove them, or widen "
+                "model_conf.bat_conf (left + right)",
             )
 
     def _error_rates(self, encoder_out, target, t_len):
@@ -234,6 +251,12 @@ class TransducerModel(ESPnetASRTransducerModel):
                 f"{len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:5]}"
             )
         return result
+
+
+def _check_transcripts(text_lengths: torch.Tensor) -> None:
+    empty = (text_lengths == 0).nonzero().flatten().tolist()
+    if empty:
+        raise BadUtteranceError(empty, "have an empty transcript; give them text or remove them from the data dir")
 
 
 def transducer_io(
