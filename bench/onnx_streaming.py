@@ -2,9 +2,10 @@
 
     PYTHONPATH=. python bench/onnx_streaming.py [--seconds 20] [--chunks 160 320 640] [--repeats 2]
 
-The model: the demo's RWKV-BAT config (egs2/synth_en/asr1/conf/tuning/train_rwkv_bat.yaml) made
-deployable (frontend kaldi_fbank, decoder stateless), random weights with a blank bias on the
-joint network (as bench/streaming.py), global MVN from synthetic statistics. It is exported per
+The model: the CPU demo's RWKV-BAT config (egs2/synth_en/asr1/conf/digits/train_rwkv_bat.yaml,
+deployable: kaldi_fbank features, stateless decoder) with random weights and a blank bias on the
+joint network (``test/deployable.py``'s ``make_exp``, as the ONNX tests), global MVN from
+synthetic statistics. It is exported per
 chunk (``espnet_rwkv.onnx.export``, fp32 and int8). All decoders stream the same audio
 (espeak-ng speech repeated to --seconds) in pieces of the chunk, greedy search, one thread:
 
@@ -19,20 +20,15 @@ Model file sizes follow.
 """
 
 import argparse
-import io
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
-import torchaudio
-import yaml
 from espnet2.bin.asr_transducer_inference import Speech2Text
-from espnet2.tasks.asr_transducer import ASRTransducerTask
 
 import espnet_rwkv.espnet  # noqa: F401  (registers the plugin in ESPnet)
 from espnet_rwkv.asr.greedy_search import GreedySearch
@@ -41,54 +37,39 @@ from espnet_rwkv.onnx.decoder import OnnxStreamingRecognizer, OnnxTransducer
 from espnet_rwkv.onnx.export import export_model
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "egs2" / "synth_en" / "asr1" / "conf" / "tuning" / "train_rwkv_bat.yaml"
-TOKENS = ["<blank>", "<unk>", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ'", "<space>", "<sos/eos>"]
-TEXT = (
-    "a journey of a thousand miles begins with a single step. the early bird catches the worm, "
-    "but the second mouse gets the cheese. all that glitters is not gold."
-)
-RATE = 16000
+sys.path.insert(0, str(ROOT / "test"))
+from deployable import RATE, TEXT, espeak_speech, make_exp  # noqa: E402  (the tests' random deployable models)
+
+# The CPU demo's RWKV-BAT config: kaldi_fbank features and a stateless decoder, as exported.
+CONFIG = ROOT / "egs2" / "synth_en" / "asr1" / "conf" / "digits" / "train_rwkv_bat.yaml"
 
 
 def speech(seconds: float) -> np.ndarray:
-    wav = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", TEXT], check=True, capture_output=True).stdout
-    audio, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
-    audio = torchaudio.functional.resample(torch.from_numpy(audio), rate, RATE).numpy()
+    """espeak-ng speech repeated to ``seconds``."""
+    audio = espeak_speech(TEXT)
     return np.tile(audio, int(seconds * RATE) // audio.size + 1)[: int(seconds * RATE)]
 
 
-def make_exp(out: Path, blank_bias: float) -> Path:
-    """The demo RWKV-BAT config, deployable, random weights; config.yaml + model.pth + stats."""
-    out.mkdir(parents=True)
-    (out / "tokens.txt").write_text("\n".join(TOKENS) + "\n")
-    args = ASRTransducerTask.get_parser().parse_args(
-        [
-            "--config",
-            str(CONFIG),
-            "--token_list",
-            str(out / "tokens.txt"),
-            "--token_type",
-            "char",
-            "--output_dir",
-            str(out),
-        ]
-    )
-    args.frontend, args.frontend_conf = "kaldi_fbank", {"hop_length": 160, "win_sz": 400}
-    embed = args.decoder_conf.get("embed_size", 192)
-    args.decoder, args.decoder_conf = "stateless", {"embed_size": embed}
-    mean = np.random.default_rng(0).normal(-8.0, 1.0, 80)
-    np.savez(out / "stats.npz", count=np.array(100.0), sum=100 * mean, sum_square=100 * (mean**2 + 9.0))
-    args.normalize, args.normalize_conf = "global_mvn", {"stats_file": str(out / "stats.npz")}
-    torch.manual_seed(0)
-    model = ASRTransducerTask.build_model(args)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("time_mix.output.weight", "channel_mix.value.weight")):
-                torch.nn.init.normal_(p, std=p.size(1) ** -0.5)
-        model.joint_network.lin_out.bias[0] += blank_bias
-    (out / "config.yaml").write_text(yaml.safe_dump(vars(args)))
-    torch.save(model.state_dict(), out / "model.pth")
-    return out
+def timed_stream(recognizer, pieces):
+    """Feed ``pieces`` to a recognizer with ``accept``/``finish``: a function giving (seconds per call, text)."""
+
+    def once():
+        times = []
+        for piece in pieces:
+            start = time.perf_counter()
+            recognizer.accept(piece)
+            times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        text = recognizer.finish().text
+        times.append(time.perf_counter() - start)
+        return times, text
+
+    return once
+
+
+def chunks(audio: np.ndarray, chunk_ms: int) -> list:
+    size = chunk_ms * RATE // 1000
+    return [audio[i : i + size] for i in range(0, audio.size, size)]
 
 
 def run_python(exp: Path, audio: np.ndarray, chunk_ms: int):
@@ -100,40 +81,12 @@ def run_python(exp: Path, audio: np.ndarray, chunk_ms: int):
         beam_size=1,
     )
     s2t.beam_search = GreedySearch(s2t.asr_model.decoder, s2t.asr_model.joint_network)
-    recognizer = StreamingRecognizer(s2t)
-    chunk = chunk_ms * RATE // 1000
-    samples = torch.from_numpy(audio)
-
-    def once():
-        times = []
-        for i in range(0, samples.numel(), chunk):
-            start = time.perf_counter()
-            recognizer.accept(samples[i : i + chunk])
-            times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        text = recognizer.finish().text
-        times.append(time.perf_counter() - start)
-        return times, text
-
-    return once
+    return timed_stream(StreamingRecognizer(s2t), [torch.from_numpy(c) for c in chunks(audio, chunk_ms)])
 
 
 def run_ort(onnx_dir: Path, audio: np.ndarray, chunk_ms: int, int8: bool = False):
     recognizer = OnnxStreamingRecognizer(OnnxTransducer(onnx_dir, int8=int8, threads=1))
-    chunk = chunk_ms * RATE // 1000
-
-    def once():
-        times = []
-        for i in range(0, audio.size, chunk):
-            start = time.perf_counter()
-            recognizer.accept(audio[i : i + chunk])
-            times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        text = recognizer.finish().text
-        times.append(time.perf_counter() - start)
-        return times, text
-
-    return once
+    return timed_stream(recognizer, chunks(audio, chunk_ms))
 
 
 def run_sherpa(onnx_dir: Path, audio: np.ndarray, chunk_ms: int, int8: bool, tail: int):
@@ -149,12 +102,11 @@ def run_sherpa(onnx_dir: Path, audio: np.ndarray, chunk_ms: int, int8: bool, tai
         model_type="lstm",
         decoding_method="greedy_search",
     )
-    chunk = chunk_ms * RATE // 1000
+    pieces = chunks(audio, chunk_ms)
 
     def once():
         stream = rec.create_stream()
         times = []
-        pieces = [audio[i : i + chunk] for i in range(0, audio.size, chunk)]
         for i, piece in enumerate(pieces + [np.zeros(tail, np.float32)]):
             start = time.perf_counter()
             stream.accept_waveform(RATE, piece)
@@ -190,7 +142,7 @@ def main():
     audio_s = audio.size / RATE
     rows, sizes = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        exp = make_exp(Path(tmp) / "exp", args.blank_bias)
+        exp = make_exp(Path(tmp) / "exp", CONFIG, blank_bias=args.blank_bias)
         sizes["torch checkpoint (model.pth)"] = (exp / "model.pth").stat().st_size
         s2t = Speech2Text(asr_train_config=exp / "config.yaml", asr_model_file=exp / "model.pth")
         model, tokens = s2t.asr_model.eval(), list(s2t.asr_model.token_list)

@@ -1,11 +1,12 @@
 """One training step (forward + backward + Adam) of RWKV-BAT against the chunk conformer, through ESPnet's model.
 
-    python bench/train_step.py                        # GPU: demo and paper sizes, 4/16/32 s, eager and compiled
-    python bench/train_step.py --device cpu --sizes demo --modes eager   # the CPU table of bench/RESULTS.md
+    python bench/train_step.py                        # GPU: every size, 4/16/32 s, eager and compiled
+    python bench/train_step.py --device cpu --sizes digits sentences   # the CPU table of bench/RESULTS.md
 
 Both models are built by ESPnet's ``ASRTransducerTask.build_model`` from the recipes'
-configs (``demo``: egs2/synth_en, 9x192 RWKV vs 5x192 conformer, 31 characters;
-``paper``: egs2/librispeech_100, 22x512 vs 12x512, 500 BPE units), not by the trainer.
+configs (egs2/synth_en's two tasks: ``digits``, the CPU demo, 6x144 RWKV vs 3x144 conformer,
+30 word pieces; ``sentences``, the GPU demo, 9x192 vs 5x192, 31 characters; ``paper``:
+egs2/librispeech_100, 22x512 vs 12x512, 500 BPE units), not by the trainer.
 Every batch holds ``--batch-seconds`` of audio: utterances of 4, 16 and 32 s, so the
 frame count is the same and only the utterance length changes. ``compiled`` turns on
 the encoder's ``compile: true`` (each block through ``torch.compile``); the conformer's
@@ -15,8 +16,9 @@ process (all threads), which other load on a shared machine disturbs less than w
 time. Peak memory: on CUDA
 ``max_memory_allocated`` during the step; on the CPU the peak of the process's resident
 set during the step (sampled every millisecond) above its size before it. On the CPU
-the table also gives the ATen operator calls of one step (profiler). Ratios < 1 favour
-RWKV-BAT. The paper size at 32 s takes minutes per step on a small CPU: pick ``--sizes``.
+the table also gives the ATen operator calls of one step (profiler), on CUDA the places
+where a step syncs with the host (``torch.cuda.set_sync_debug_mode("warn")``; "none": no
+sync). Ratios < 1 favour RWKV-BAT. The paper size at 32 s takes minutes per step on a small CPU: pick ``--sizes``.
 """
 
 import argparse
@@ -24,6 +26,7 @@ import copy
 import statistics
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,7 +39,8 @@ from espnet_rwkv.asr.encoder import RWKVEncoder
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {
     # name: (recipe, vocabulary size, labels per second of speech)
-    "demo": ("egs2/synth_en/asr1/conf", 31, 12.0),
+    "digits": ("egs2/synth_en/asr1/conf/digits", 30, 2.5),
+    "sentences": ("egs2/synth_en/asr1/conf/sentences", 31, 12.0),
     "paper": ("egs2/librispeech_100/asr1/conf", 500, 4.0),
 }
 MODELS = ("train_rwkv_bat.yaml", "train_conformer_chunk.yaml")
@@ -136,8 +140,22 @@ def measure(model, optimizer, batch, steps: int, device: str):
                 train_step(model, optimizer, batch)
                 times.append(time.process_time() - start)
             peak = max(peak, memory.used)
-    ops = aten_calls(model, optimizer, batch) if device == "cpu" else None
+    ops = aten_calls(model, optimizer, batch) if device == "cpu" else host_syncs(model, optimizer, batch)
     return statistics.median(times), peak, ops
+
+
+def host_syncs(model, optimizer, batch) -> str:
+    """Where a training step syncs with the host (``set_sync_debug_mode("warn")``): "none", or file:line of each."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train_step(model, optimizer, batch)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    places = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchronizing" in str(w.message)})
+    return "none" if not places else f"{len(places)}: " + ", ".join(places)
 
 
 def main():
@@ -159,8 +177,8 @@ def main():
 
     columns = ["size", "mode", "utt s", "B", "RWKV-BAT s/step", "conformer s/step", "time ratio"]
     columns += ["RWKV-BAT MiB", "conformer MiB", "memory ratio"]
-    if not on_gpu:
-        columns += ["RWKV-BAT ATen calls", "conformer ATen calls"]
+    counted = "host syncs" if on_gpu else "ATen calls"
+    columns += [f"RWKV-BAT {counted}", f"conformer {counted}"]
     clock = "wall" if on_gpu else "process CPU"
     print(f"device {args.device}, {torch.get_num_threads()} threads, {batch_seconds:g} s of audio a batch, {clock} s")
     print("| " + " | ".join(columns) + " |")
@@ -177,8 +195,7 @@ def main():
                 row = [size, mode, f"{seconds:g}", str(batch[0].size(0)), f"{t_ours:.3f}", f"{t_peer:.3f}"]
                 row += [f"{t_ours / t_peer:.2f}", f"{m_ours / 2**20:.0f}", f"{m_peer / 2**20:.0f}"]
                 row += [f"{m_ours / max(m_peer, 1):.2f}"]
-                if not on_gpu:
-                    row += [str(ops_ours), str(ops_peer)]
+                row += [str(ops_ours), str(ops_peer)]
                 row = "| " + " | ".join(row) + " |"
                 print(row, flush=True)
 

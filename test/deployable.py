@@ -27,8 +27,10 @@ def espeak_speech(text: str = TEXT, voice: str = "en-us") -> np.ndarray:
     return torchaudio.functional.resample(torch.from_numpy(audio), rate, RATE).numpy()
 
 
-def make_exp(path: Path, config: str = "tiny_rwkv_bat_deployable.yaml", blank_bias: float = 0.0, **overrides) -> Path:
+def make_exp(path: Path, config="tiny_rwkv_bat_deployable.yaml", blank_bias: float = 0.0, **overrides) -> Path:
     """``path`` as a recipe's exp dir: config.yaml, model.pth, global MVN stats; random weights.
+
+    ``config``: a file of test/conf, or a path (a recipe's config).
 
     The RWKV blocks' zero-initialized output projections are randomized so that
     every state matters; ``blank_bias`` is added to the joint network's blank
