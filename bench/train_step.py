@@ -186,6 +186,7 @@ def main():
     for size in args.sizes:
         recipe, vocab, labels_per_second = SIZES[size]
         for mode in args.modes:
+            torch._dynamo.reset()  # each size's blocks are new modules: do not count the last size's graphs
             models = [build_model(ROOT / recipe / name, vocab, mode == "compiled", args.device) for name in MODELS]
             for seconds in args.seconds:
                 batch = make_batch(batch_seconds, seconds, vocab, labels_per_second, args.device)
