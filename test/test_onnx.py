@@ -108,9 +108,9 @@ def test_all_zero_state_is_the_empty_state(keys):
     v = torch.randn(1, t, C, generator=g)
     frames, carried = wkv_chunk_masks(w, u, t)
     want, _ = wkv_chunk(k[0], v[0], empty_state(1, C)[0], frames, carried)
-    zeros = torch.zeros(1, C)
+    zeros = torch.zeros(1, 1, C)
     for p in (0.0, 30.0, -30.0, -1e38):
-        y, _ = wkv_batched(k, v, zeros, zeros, torch.full((1, C), p), frames, carried)
+        y, *_ = wkv_batched(k, v, zeros, zeros, torch.full((1, 1, C), p), frames, carried)
         assert torch.isfinite(y).all()
         torch.testing.assert_close(y[0], want, rtol=1e-5, atol=1e-5)
 

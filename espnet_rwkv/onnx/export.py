@@ -63,7 +63,6 @@ SHERPA_FBANK = {
     "remove_dc_offset": True,
     "window_type": "povey",
 }
-_EXP_FLOOR = -80.0
 
 
 class NotExportableError(ValueError):
@@ -150,9 +149,10 @@ def _block_weights(block: RWKVBlock) -> Dict[str, torch.Tensor]:
     tm, cm = block.time_mix, block.channel_mix
     return {
         "time_mix": torch.stack([tm.mix_k, tm.mix_v, tm.mix_r])[:, None, None, :],  # (3, 1, 1, C)
-        "time_in": torch.stack([tm.key.weight.t(), tm.value.weight.t(), tm.receptance.weight.t()]),  # (3, C, C)
+        # (3, 1, C, C): one batched MatMul for k, v, r
+        "time_in": torch.stack([tm.key.weight.t(), tm.value.weight.t(), tm.receptance.weight.t()])[:, None],
         "time_out": tm.output.weight.t(),
-        "channel_mix": torch.stack([cm.mix_k, cm.mix_r])[:, None, None, :],
+        "channel_mix": torch.stack([cm.mix_k, cm.mix_r])[:, None, None, :],  # (2, 1, 1, C)
         "channel_key": cm.key.weight.t(),
         "channel_receptance": cm.receptance.weight.t(),
         "channel_out": cm.value.weight.t(),
@@ -160,27 +160,34 @@ def _block_weights(block: RWKVBlock) -> Dict[str, torch.Tensor]:
 
 
 def wkv_batched(k, v, a, b, p, frames, carried):
-    """WKV of a batch of chunks: k, v (N, t, C); state a, b, p (N, C); masks of ``wkv_chunk_masks``.
+    """WKV of a batch of chunks: k, v (..., N, t, C); state a, b, p (..., N, 1, C); masks of ``wkv_chunk_masks``.
 
-    ``wkv_chunk``'s weighting, batched. A state with b = 0 (all zeros: sherpa-onnx's
+    ``wkv_chunk``'s weighting, batched, in as few graph nodes as it takes (each costs
+    onnxruntime about a microsecond a chunk). A state with b = 0 (all zeros: sherpa-onnx's
     initial state) is the empty one whatever p: p is read as ``EMPTY_P`` there, so that
-    frames with u + k far below 0 keep their relative weights (a finite p would floor them).
-    Returns y (N, t, C) and the new (a, b, p).
+    frames with u + k far below 0 keep their relative weights (next to a finite p they underflow).
+    Unlike ``wkv_chunk`` no weight is floored at e^-80: every exponent is taken relative to
+    its row's maximum, so the smallest only underflow to 0.
+    Returns y (..., N, t, C) and the new a, b, p (..., N, 1, C).
     """
-    p = torch.where(b > 0, p, torch.full_like(p, EMPTY_P))
-    e_frames = k[:, None] + frames[None]  # (N, t+1, t, C)
-    e_state = p[:, None] + carried[None]  # (N, t+1, C)
-    q = torch.maximum(e_frames.amax(dim=2), e_state)
-    weight = torch.exp(torch.clamp(e_frames - q[:, :, None], min=_EXP_FLOOR))
-    weight_state = torch.exp(torch.clamp(e_state - q, min=_EXP_FLOOR))
-    num = (weight * v[:, None]).sum(dim=2) + weight_state * a[:, None]
-    den = weight.sum(dim=2) + weight_state * b[:, None]
-    t = k.size(1)
-    return num[:, :t] / den[:, :t], (num[:, t], den[:, t], q[:, t])
+    p = torch.where(b > 0, p, EMPTY_P)
+    e_frames = k.unsqueeze(-3) + frames  # (..., N, t+1, t, C)
+    e_state = p + carried  # (..., N, t+1, C)
+    q = torch.maximum(e_frames.amax(dim=-2), e_state)
+    weight = torch.exp(e_frames - q.unsqueeze(-2))
+    weight_state = torch.exp(e_state - q)
+    num = (weight * v.unsqueeze(-3)).sum(dim=-2) + weight_state * a
+    den = weight.sum(dim=-2) + weight_state * b
+    t = frames.size(1)  # of a constant: folded at export
+    return (num / den).narrow(-2, 0, t), num.narrow(-2, t, 1), den.narrow(-2, t, 1), q.narrow(-2, t, 1)
 
 
 class _ExportBlock(torch.nn.Module):
-    """One RWKV block over a batch of chunks of ``t`` frames (``StreamingBlock``'s math, batched)."""
+    """One RWKV block over a batch of chunks of ``t`` frames (``StreamingBlock``'s math, batched).
+
+    Tensors carry a leading axis of 1 so that the three time-mix projections are one
+    batched MatMul whose Split feeds the WKV without reshapes.
+    """
 
     def __init__(self, block: RWKVBlock, t: int):
         super().__init__()
@@ -194,25 +201,27 @@ class _ExportBlock(torch.nn.Module):
         self.register_buffer("carried", carried)  # (t+1, C)
         self.norm_time = block.norm_time
         self.norm_channel = block.norm_channel
+        self.size = block.size
         self.t = t
 
-    def forward(self, x, shift_time, a, b, p, shift_channel):
-        """x (N, t, C); states (N, C) -> y (N, t, C), new states."""
-        h = self.norm_time(x)
-        shifted = torch.cat([shift_time[:, None], h[:, :-1]], dim=1)
-        mixed = shifted[None] + self.time_mix * (h - shifted)[None]  # (3, N, t, C)
-        k = torch.matmul(mixed[0], self.time_in[0])
-        v = torch.matmul(mixed[1], self.time_in[1])
-        r = torch.matmul(mixed[2], self.time_in[2])
-        wkv, (a, b, p) = wkv_batched(k, v, a, b, p, self.frames, self.carried)
+    def forward(self, x, h, c):
+        """x (1, N, t, C); h (1, N, 1, C) time-mix shift; c (1, N, 1, 4C) a, b, p, channel-mix shift -> new x, h, c."""
+        a, b, p, shift_channel = c.split(self.size, dim=-1)
+        hn = self.norm_time(x)
+        t = self.t
+        shifted = torch.cat([h, hn.narrow(-2, 0, t - 1)], dim=-2)
+        mixed = shifted + self.time_mix * (hn - shifted)  # (3, N, t, C)
+        k, v, r = torch.matmul(mixed, self.time_in).split(1)
+        wkv, a, b, p = wkv_batched(k, v, a, b, p, self.frames, self.carried)
         x = x + torch.matmul(torch.sigmoid(r) * wkv, self.time_out)
 
         g = self.norm_channel(x)
-        shifted = torch.cat([shift_channel[:, None], g[:, :-1]], dim=1)
-        mixed = shifted[None] + self.channel_mix * (g - shifted)[None]
-        hidden = torch.relu(torch.matmul(mixed[0], self.channel_key)) ** 2
-        x = x + torch.sigmoid(torch.matmul(mixed[1], self.channel_receptance)) * torch.matmul(hidden, self.channel_out)
-        return x, h[:, -1], a, b, p, g[:, -1]
+        shifted = torch.cat([shift_channel, g.narrow(-2, 0, t - 1)], dim=-2)
+        xk, xr = (shifted + self.channel_mix * (g - shifted)).split(1)
+        hidden = torch.relu(torch.matmul(xk, self.channel_key))
+        gate = torch.sigmoid(torch.matmul(xr, self.channel_receptance))
+        x = x + gate * torch.matmul(hidden * hidden, self.channel_out)
+        return x, hn.narrow(-2, t - 1, 1), torch.cat([a, b, p, g.narrow(-2, t - 1, 1)], dim=-1)
 
 
 class EncoderGraph(torch.nn.Module):
@@ -236,22 +245,20 @@ class EncoderGraph(torch.nn.Module):
         self.after_norm = encoder.after_norm
         self.projection = model.joint_network.lin_enc
         self.geometry = geometry
-        self.size = encoder.output_size
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         x = (x - self.mean) * self.inv_std
         out, _ = self.embed(x)
-        out = out[:, : self.geometry.out_frames]
-        C = self.size
+        out = out[None, :, : self.geometry.out_frames]  # (1, N, t, C)
+        # One Split per state for all blocks; each block's state stays (1, N, 1, *).
+        states = zip(h.unsqueeze(2).split(1), c.unsqueeze(2).split(1))
         next_h, next_c = [], []
-        for i, block in enumerate(self.blocks):
-            state = c[i]
-            out, shift_time, a, b, p, shift_channel = block(
-                out, h[i], state[:, :C], state[:, C : 2 * C], state[:, 2 * C : 3 * C], state[:, 3 * C :]
-            )
-            next_h.append(shift_time)
-            next_c.append(torch.cat([a, b, p, shift_channel], dim=-1))
-        return self.projection(self.after_norm(out)), torch.stack(next_h), torch.stack(next_c)
+        for block, (h_block, c_block) in zip(self.blocks, states):
+            out, h_block, c_block = block(out, h_block, c_block)
+            next_h.append(h_block)
+            next_c.append(c_block)
+        encoder_out = self.projection(self.after_norm(out[0]))
+        return encoder_out, torch.cat(next_h)[:, :, 0], torch.cat(next_c)[:, :, 0]
 
 
 def context_size(decoder: torch.nn.Module) -> int:
