@@ -12,6 +12,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from espnet_rwkv.asr.recomputed import mix_project, squared_relu_project
 from espnet_rwkv.ops import wkv
 from espnet_rwkv.ops.wkv import empty_state
 from espnet_rwkv.ops.wkv.chunk import wkv_chunk, wkv_chunk_masks
@@ -24,11 +25,6 @@ def initial_block_state(batch: int, size: int, device=None) -> torch.Tensor:
     """State before the first frame, (B, 5, C) float32: zero shifts, empty WKV."""
     shift = torch.zeros(batch, 1, size, device=device)
     return torch.cat([shift, empty_state(batch, size, device), shift], dim=1)
-
-
-def _token_shift(x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
-    """x (B, T, C), x_prev (B, C) the frame before x[:, 0] -> (B, T, C) shifted by one."""
-    return torch.cat([x_prev[:, None].to(x.dtype), x[:, :-1]], dim=1)
 
 
 def _channel_ramp(size: int) -> torch.Tensor:
@@ -61,15 +57,10 @@ class TimeMix(nn.Module):
     def forward(self, x: torch.Tensor, x_prev: torch.Tensor, wkv_state: torch.Tensor):
         """x (B, T, C); x_prev (B, C); wkv_state (B, 3, C) -> out (B, T, C), new x_prev, new wkv_state.
 
-        The three token-shift mixes are one ``addcmul`` and k, v, r one ``bmm`` (fewer
-        kernels per step in eager mode; under ``torch.compile`` shift and mixes fuse).
+        The token-shift mixes are recomputed in backward (``mix_project``), not kept.
         """
-        B, T, C = x.shape
-        shifted = _token_shift(x, x_prev)
-        mixes = torch.stack([self.mix_k, self.mix_v, self.mix_r]).to(x.dtype)[:, None, None, :]  # (3, 1, 1, C)
-        inputs = torch.addcmul(shifted, mixes, x - shifted).reshape(3, B * T, C)
-        weights = torch.stack([self.key.weight, self.value.weight, self.receptance.weight]).transpose(1, 2)
-        k, v, r = torch.bmm(inputs, weights).reshape(3, B, T, C)
+        mixes = torch.stack([self.mix_k, self.mix_v, self.mix_r])
+        k, v, r = mix_project(x, x_prev, mixes, [self.key.weight, self.value.weight, self.receptance.weight])
         mixed, wkv_state = wkv(self.time_decay, self.time_first, k, v, wkv_state)
         return self.output(torch.sigmoid(r) * mixed), x[:, -1].float(), wkv_state
 
@@ -89,12 +80,14 @@ class ChannelMix(nn.Module):
         nn.init.zeros_(self.value.weight)
 
     def forward(self, x: torch.Tensor, x_prev: torch.Tensor):
-        """x (B, T, C); x_prev (B, C) -> out (B, T, C), new x_prev."""
-        shifted = _token_shift(x, x_prev)
-        mixes = torch.stack([self.mix_k, self.mix_r]).to(x.dtype)[:, None, None, :]  # (2, 1, 1, C)
-        xk, xr = torch.addcmul(shifted, mixes, x - shifted)
-        k = torch.relu(self.key(xk)).square()
-        return torch.sigmoid(self.receptance(xr)) * self.value(k), x[:, -1].float()
+        """x (B, T, C); x_prev (B, C) -> out (B, T, C), new x_prev.
+
+        The mixes and relu(k)^2 are recomputed in backward (``mix_project``,
+        ``squared_relu_project``): the block keeps k, not relu(k) and relu(k)^2.
+        """
+        mixes = torch.stack([self.mix_k, self.mix_r])
+        k, r = mix_project(x, x_prev, mixes, [self.key.weight, self.receptance.weight])
+        return torch.sigmoid(r) * squared_relu_project(k, self.value.weight), x[:, -1].float()
 
 
 class RWKVBlock(nn.Module):
