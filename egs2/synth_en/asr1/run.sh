@@ -4,8 +4,8 @@
 #
 # Two tasks, chosen by the machine (or --task):
 #   digits     (no GPU) spoken digit strings, 3000 training utterances, word-piece tokens, 1.9 M-parameter
-#              models trained side by side, one core each: the whole run takes 22 minutes on a 2-core CPU
-#              (RWKV-BAT 8.8 % WER on unseen voices, RESULTS.md), as ESPnet's mini_an4 and yesno recipes
+#              models trained side by side, one core each: the whole run takes 24 minutes on a 2-core CPU
+#              (RWKV-BAT 5.1 % WER on unseen voices, RESULTS.md), as ESPnet's mini_an4 and yesno recipes
 #              are for theirs;
 #   sentences  (a GPU) open-vocabulary sentences (Debian's fortunes), 20000 training utterances, characters,
 #              5.5 M-parameter models.
